@@ -1,0 +1,444 @@
+//! The fork backends: one process per request, as classic-watchdog (`classic`) and of-watchdog (`streaming`,
+//! `serializing`) run them. The body is streamed into stdin; output is held until exit (spilling to disk) or,
+//! in streaming mode, streamed back as the function writes it.
+
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::process::ChildStdin;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::cgi::{self, Base64Stream, EnvFlavour};
+use super::logs::log_lines;
+use super::process::{describe_exit, FunctionProcess};
+use super::sniff::detect_content_type;
+use super::spill::{Output, SpillBuffer};
+use super::{BodyLimits, Invocation};
+use crate::body::{self, ResponseBody};
+use crate::config::{Config, Mode};
+use crate::error::{FailureStyle, InvokeError};
+
+/// Size of each read from a function's stdout.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long a function gets between SIGTERM and SIGKILL when the watchdog shuts down.
+pub const TERMINATE_GRACE: Duration = Duration::from_secs(2);
+
+/// Which original's fork semantics to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForkStyle {
+    /// classic-watchdog 0.3.9.
+    Classic,
+    /// of-watchdog `mode=streaming`.
+    Streaming,
+    /// of-watchdog `mode=serializing`.
+    Serializing,
+}
+
+/// Runs one function process per request.
+pub struct ForkBackend {
+    style: ForkStyle,
+    argv: Vec<String>,
+    cgi_headers: bool,
+    combine_output: bool,
+    marshal_request: bool,
+    write_debug: bool,
+    content_type: Option<String>,
+    exec_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    log_buffer_size: usize,
+    tmp_dir: PathBuf,
+    /// Cancelled when the drain deadline passes: running functions get SIGTERM, then SIGKILL.
+    terminate: CancellationToken,
+}
+
+impl ForkBackend {
+    /// A fork backend for `config`'s mode; `terminate` fires when running functions must stop.
+    pub fn new(config: &Config, terminate: CancellationToken) -> ForkBackend {
+        let style = match config.mode {
+            Mode::Streaming => ForkStyle::Streaming,
+            Mode::Serializing => ForkStyle::Serializing,
+            _ => ForkStyle::Classic,
+        };
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        ForkBackend {
+            style,
+            argv: config.fprocess.clone(),
+            cgi_headers: config.cgi_headers,
+            combine_output: config.combine_output,
+            marshal_request: config.marshal_request,
+            write_debug: config.write_debug,
+            content_type: config.content_type.clone(),
+            exec_timeout: nonzero(config.exec_timeout),
+            write_timeout: nonzero(config.write_timeout),
+            log_buffer_size: config.log_buffer_size,
+            tmp_dir: config.tmp_dir.clone(),
+            terminate,
+        }
+    }
+
+    /// The deadline a request gets: the nearer of `exec_timeout` and `write_timeout`.
+    pub fn timeout(&self) -> Option<Duration> {
+        match (self.exec_timeout, self.write_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs the function for one request. The run continues in its own task, so a client that goes away
+    /// does not cut it short (as with the originals) and it is always reaped.
+    pub async fn invoke(self: &Arc<Self>, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
+        let (reply, answer) = oneshot::channel();
+        let backend = Arc::clone(self);
+        tokio::spawn(async move {
+            match backend.style {
+                ForkStyle::Streaming => backend.run_streaming(invocation, reply).await,
+                _ => {
+                    let result = backend.run_buffered(invocation).await;
+                    let _ = reply.send(result);
+                }
+            }
+        });
+        answer.await.unwrap_or_else(|_| Err(InvokeError::Internal("function task ended without an answer".into())))
+    }
+
+    fn spawn(&self, invocation: &Invocation, combine: bool) -> Result<FunctionProcess, InvokeError> {
+        let flavour = if self.style == ForkStyle::Classic { EnvFlavour::Classic } else { EnvFlavour::OfWatchdog };
+        let env = if self.cgi_headers { cgi::function_env(&invocation.envelope, flavour) } else { Vec::new() };
+        FunctionProcess::spawn(&self.argv, env, combine).map_err(|e| self.failure(e.0, None, None))
+    }
+
+    fn failure(&self, reason: String, output: Option<Output>, duration: Option<f64>) -> InvokeError {
+        match self.style {
+            ForkStyle::Classic => InvokeError::FunctionFailed {
+                reason,
+                output,
+                style: FailureStyle::Classic,
+                duration: None,
+                content_type: None,
+            },
+            _ => InvokeError::FunctionFailed {
+                reason,
+                output: None,
+                style: FailureStyle::OfWatchdog,
+                duration,
+                content_type: self.content_type.clone(),
+            },
+        }
+    }
+
+    /// Classic and serializing: output held until exit, then one answer from the exit status.
+    async fn run_buffered(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
+        let start = Instant::now();
+        let combine = self.style == ForkStyle::Classic && self.combine_output;
+        let mut process = self.spawn(&invocation, combine)?;
+        let marshal = (self.style == ForkStyle::Classic && self.marshal_request)
+            .then(|| cgi::marshal_prefix(&invocation.envelope));
+        if let Some(stderr) = process.stderr.take() {
+            tokio::spawn(log_lines(stderr, "stderr", self.log_buffer_size));
+        }
+        let request_content_type = invocation.envelope.header("content-type").map(<[u8]>::to_vec);
+        let output = process.output.take().expect("output pipe is set at spawn");
+        let mut feed = pin!(feed_stdin(invocation.body, process.stdin.take(), invocation.limits, marshal));
+        let mut collect = pin!(collect_output(output, self.tmp_dir.clone(), self.write_debug));
+        let exec_deadline = self.exec_timeout.map(|t| start + t);
+        let write_deadline = self.write_timeout.map(|t| start + t);
+        let mut exec_timer = pin!(sleep_until(exec_deadline.unwrap_or_else(far_future)));
+        let mut write_timer = pin!(sleep_until(write_deadline.unwrap_or_else(far_future)));
+        let mut kill_timer = pin!(sleep_until(far_future()));
+
+        let mut fed = false;
+        let mut collected = None;
+        let mut status = None;
+        let mut exec_expired = false;
+        let mut terminating = false;
+        while !(fed && collected.is_some() && status.is_some()) {
+            tokio::select! {
+                result = &mut feed, if !fed => {
+                    fed = true;
+                    if let Err(error) = result {
+                        process.signal_group(Signal::SIGKILL);
+                        let _ = process.wait().await;
+                        return Err(error);
+                    }
+                }
+                result = &mut collect, if collected.is_none() => collected = Some(result),
+                result = process.wait(), if status.is_none() => {
+                    status = Some(result.map_err(|e| InvokeError::Internal(format!("waiting for the function: {e}")))?);
+                }
+                _ = &mut exec_timer, if exec_deadline.is_some() && !exec_expired => {
+                    exec_expired = true;
+                    tracing::info!("Killing process: {}", self.argv.join(" "));
+                    process.signal_group(Signal::SIGKILL);
+                    if self.style == ForkStyle::Classic {
+                        let _ = process.wait().await;
+                        return Err(InvokeError::ExecTimeout);
+                    }
+                    // of-watchdog answers a timed-out run from its exit status: "signal: killed".
+                }
+                _ = &mut write_timer, if write_deadline.is_some() => {
+                    process.signal_group(Signal::SIGKILL);
+                    let _ = process.wait().await;
+                    return Err(InvokeError::WriteTimeout(self.write_timeout.unwrap_or_default()));
+                }
+                _ = self.terminate.cancelled(), if !terminating => {
+                    terminating = true;
+                    process.signal_group(Signal::SIGTERM);
+                    kill_timer.as_mut().reset(Instant::now() + TERMINATE_GRACE);
+                }
+                _ = &mut kill_timer, if terminating => {
+                    process.signal_group(Signal::SIGKILL);
+                    kill_timer.as_mut().reset(far_future());
+                }
+            }
+        }
+        let duration = start.elapsed().as_secs_f64();
+        let output = collected
+            .expect("loop ends once output is collected")
+            .map_err(|e| InvokeError::Internal(format!("collecting function output: {e}")))?;
+        if let Some(reason) = describe_exit(status.expect("loop ends once the process is reaped")) {
+            if self.write_debug {
+                tracing::info!("Success=false, Error={reason}");
+            }
+            return Err(self.failure(reason, Some(output), Some(duration)));
+        }
+        let mut response = Response::builder().status(StatusCode::OK);
+        let content_type = match (&self.content_type, self.style) {
+            (Some(configured), _) => HeaderValue::from_str(configured).ok(),
+            (None, ForkStyle::Classic) => match request_content_type {
+                Some(requested) => HeaderValue::from_bytes(&requested).ok(),
+                None if !output.is_empty() => Some(HeaderValue::from_static(detect_content_type(output.head()))),
+                None => None,
+            },
+            (None, _) => None,
+        };
+        if let Some(content_type) = content_type {
+            response = response.header(header::CONTENT_TYPE, content_type);
+        }
+        response = response.header("X-Duration-Seconds", format!("{duration:.6}"));
+        if let Output::File { len, .. } = &output {
+            response = response.header(header::CONTENT_LENGTH, *len);
+        }
+        tracing::debug!("Wrote {} Bytes - Duration: {duration:.6}s", output.len());
+        Ok(response.body(body::from_output(None, output)).expect("valid response"))
+    }
+
+    /// Streaming: the status is decided by the first output (200) or, when the function exits silently, by the
+    /// exit status; then stdout is passed on chunk by chunk.
+    async fn run_streaming(
+        &self,
+        invocation: Invocation,
+        reply: oneshot::Sender<Result<Response<ResponseBody>, InvokeError>>,
+    ) {
+        let start = Instant::now();
+        let mut process = match self.spawn(&invocation, false) {
+            Ok(process) => process,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        };
+        if let Some(stderr) = process.stderr.take() {
+            tokio::spawn(log_lines(stderr, "stderr", self.log_buffer_size));
+        }
+        let mut output = process.output.take().expect("output pipe is set at spawn");
+        let mut feed = pin!(feed_stdin(invocation.body, process.stdin.take(), invocation.limits, None));
+        let exec_deadline = self.exec_timeout.map(|t| start + t);
+        let write_deadline = self.write_timeout.map(|t| start + t);
+        let mut exec_timer = pin!(sleep_until(exec_deadline.unwrap_or_else(far_future)));
+        let mut write_timer = pin!(sleep_until(write_deadline.unwrap_or_else(far_future)));
+        let mut kill_timer = pin!(sleep_until(far_future()));
+
+        let mut reply = Some(reply);
+        let mut sink: Option<mpsc::Sender<Result<Bytes, std::io::Error>>> = None;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let (mut fed, mut eof, mut status) = (false, false, None);
+        let (mut exec_expired, mut terminating) = (false, false);
+        let failed = loop {
+            if fed && eof && status.is_some() {
+                break None;
+            }
+            tokio::select! {
+                result = &mut feed, if !fed => {
+                    fed = true;
+                    if let Err(error) = result {
+                        break Some(error);
+                    }
+                }
+                read = output.read_buf(&mut buf), if !eof => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        eof = true;
+                        continue;
+                    }
+                    let chunk = buf.split().freeze();
+                    buf.reserve(READ_CHUNK);
+                    if let Some(reply) = reply.take() {
+                        let (tx, rx) = mpsc::channel(4);
+                        let _ = reply.send(Ok(self.streaming_head().body(body::from_channel(rx)).expect("valid response")));
+                        sink = Some(tx);
+                    }
+                    let Some(tx) = &sink else { continue };
+                    let deadline = write_deadline.unwrap_or_else(far_future);
+                    match timeout_at(deadline, tx.send(Ok(chunk))).await {
+                        Ok(Ok(())) => {}
+                        // The client went away: stop reading, so the function sees a closed pipe as under
+                        // of-watchdog, and let it finish.
+                        Ok(Err(_)) => { eof = true; sink = None; }
+                        Err(_) => break Some(InvokeError::WriteTimeout(self.write_timeout.unwrap_or_default())),
+                    }
+                }
+                result = process.wait(), if status.is_none() => {
+                    match result {
+                        Ok(exit) => status = Some(exit),
+                        Err(e) => break Some(InvokeError::Internal(format!("waiting for the function: {e}"))),
+                    }
+                }
+                _ = &mut exec_timer, if exec_deadline.is_some() && !exec_expired => {
+                    exec_expired = true;
+                    process.signal_group(Signal::SIGKILL);
+                }
+                _ = &mut write_timer, if write_deadline.is_some() => {
+                    break Some(InvokeError::WriteTimeout(self.write_timeout.unwrap_or_default()));
+                }
+                _ = self.terminate.cancelled(), if !terminating => {
+                    terminating = true;
+                    process.signal_group(Signal::SIGTERM);
+                    kill_timer.as_mut().reset(Instant::now() + TERMINATE_GRACE);
+                }
+                _ = &mut kill_timer, if terminating => {
+                    process.signal_group(Signal::SIGKILL);
+                    kill_timer.as_mut().reset(far_future());
+                }
+            }
+        };
+        drop(output);
+        if let Some(error) = failed {
+            process.signal_group(Signal::SIGKILL);
+            let _ = process.wait().await;
+            match (reply, sink) {
+                (Some(reply), _) => {
+                    let _ = reply.send(Err(error));
+                }
+                // The head is out: abort the body so the client sees an incomplete response, not a short one.
+                (None, Some(tx)) => {
+                    let _ = tx.send(Err(std::io::Error::other(error.to_string()))).await;
+                }
+                (None, None) => {}
+            }
+            return;
+        }
+        let exit = status.expect("loop ends once the process is reaped");
+        let duration = start.elapsed().as_secs_f64();
+        match (describe_exit(exit), reply) {
+            // No output at all: a failure is a 500 (of-watchdog would answer 200 with an empty body).
+            (Some(reason), Some(reply)) => {
+                let _ = reply.send(Err(self.failure(reason, None, Some(duration))));
+            }
+            (None, Some(reply)) => {
+                let _ = reply.send(Ok(self.streaming_head().body(body::empty()).expect("valid response")));
+            }
+            // Output already streamed with a 200: like of-watchdog, log the failure and end the body normally.
+            (Some(reason), None) => tracing::info!("{} exited: after {duration:.2}s, error: {reason}", self.argv[0]),
+            (None, None) => {}
+        }
+    }
+
+    fn streaming_head(&self) -> http::response::Builder {
+        let mut head = Response::builder().status(StatusCode::OK);
+        if let Some(ct) = self.content_type.as_deref().and_then(|ct| HeaderValue::from_str(ct).ok()) {
+            head = head.header(header::CONTENT_TYPE, ct);
+        }
+        head
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Streams the request body into the function's stdin, enforcing `max_body_bytes` and `read_timeout`.
+/// A function that closes stdin early simply stops receiving; that is not an error.
+async fn feed_stdin(
+    mut body: crate::body::RequestBody,
+    stdin: Option<ChildStdin>,
+    limits: BodyLimits,
+    marshal_prefix: Option<Vec<u8>>,
+) -> Result<(), InvokeError> {
+    let mut stdin = stdin;
+    let mut base64 = marshal_prefix.is_some().then(Base64Stream::default);
+    if let Some(prefix) = &marshal_prefix {
+        write_or_close(&mut stdin, prefix).await;
+    }
+    let mut received: u64 = 0;
+    loop {
+        let next = match limits.read_deadline {
+            Some(deadline) => match timeout_at(deadline, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => return Err(InvokeError::ReadTimeout(limits.read_timeout)),
+            },
+            None => body.frame().await,
+        };
+        let Some(frame) = next else { break };
+        let frame = frame.map_err(|e| InvokeError::BodyRead(e.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        received += data.len() as u64;
+        if limits.max_bytes > 0 && received > limits.max_bytes {
+            return Err(InvokeError::BodyTooLarge { limit: limits.max_bytes });
+        }
+        match &mut base64 {
+            Some(encoder) => {
+                let encoded = encoder.push(&data);
+                write_or_close(&mut stdin, &encoded).await;
+            }
+            None => write_or_close(&mut stdin, &data).await,
+        }
+        if stdin.is_none() && base64.is_none() && limits.max_bytes == 0 {
+            // Nobody reads the rest; stop pulling it from the client.
+            break;
+        }
+    }
+    if let Some(encoder) = base64 {
+        let mut tail = encoder.finish();
+        tail.extend_from_slice(cgi::MARSHAL_SUFFIX);
+        write_or_close(&mut stdin, &tail).await;
+    }
+    if let Some(mut pipe) = stdin {
+        let _ = pipe.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Writes to stdin; on failure (the function closed it) drops the pipe so later writes are skipped.
+async fn write_or_close(stdin: &mut Option<ChildStdin>, data: &[u8]) {
+    if let Some(pipe) = stdin {
+        if pipe.write_all(data).await.is_err() {
+            *stdin = None;
+        }
+    }
+}
+
+/// Reads the function's output to its end into a [`SpillBuffer`].
+async fn collect_output(mut output: pipe::Receiver, tmp_dir: PathBuf, write_debug: bool) -> std::io::Result<Output> {
+    let mut spill = SpillBuffer::new(tmp_dir);
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = output.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        if write_debug {
+            tracing::info!(target: "function", stream = "stdout", "{}", String::from_utf8_lossy(&buf[..n]));
+        }
+        spill.write(&buf[..n]).await?;
+    }
+    spill.finish().await
+}

@@ -1,0 +1,88 @@
+//! Function output that goes to the watchdog's log: split into lines, each at most `log_buffer_size` bytes,
+//! so a function that writes gigabytes without a newline cannot grow the watchdog's memory.
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Reads `stream` to its end and logs each line as coming from the function's `name` stream.
+pub async fn log_lines(mut stream: impl AsyncRead + Unpin, name: &'static str, max_line: usize) {
+    let mut line: Vec<u8> = Vec::with_capacity(max_line.min(4096));
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for piece in buf[..n].split_inclusive(|b| *b == b'\n') {
+            let (text, complete) = match piece.strip_suffix(b"\n") {
+                Some(text) => (text, true),
+                None => (piece, false),
+            };
+            let mut text = text;
+            while line.len() + text.len() > max_line {
+                let take = max_line - line.len();
+                line.extend_from_slice(&text[..take]);
+                emit(name, &line);
+                line.clear();
+                text = &text[take..];
+            }
+            line.extend_from_slice(text);
+            if complete {
+                emit(name, &line);
+                line.clear();
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit(name, &line);
+    }
+}
+
+fn emit(name: &'static str, line: &[u8]) {
+    tracing::info!(target: "function", stream = name, "{}", String::from_utf8_lossy(line));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Collects the messages logged by `log_lines`.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Lines {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            self.0.lock().unwrap().push(m.0);
+        }
+    }
+
+    async fn collect(input: &'static [u8], max: usize) -> Vec<String> {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::registry().with(lines.clone());
+        let _guard = tracing::subscriber::set_default(subscriber);
+        log_lines(input, "stderr", max).await;
+        let out = lines.0.lock().unwrap().clone();
+        out
+    }
+
+    #[tokio::test]
+    async fn splits_lines_and_keeps_the_last_partial_one() {
+        assert_eq!(collect(b"one\ntwo\nthree", 100).await, vec!["one", "two", "three"]);
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut_at_the_limit() {
+        assert_eq!(collect(b"abcdefghij\nxy\n", 4).await, vec!["abcd", "efgh", "ij", "xy"]);
+    }
+}

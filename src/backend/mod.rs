@@ -1,0 +1,64 @@
+//! Backends: what runs the function once a request is an [`Envelope`](crate::envelope::Envelope).
+//! Today the fork backend (classic, streaming, serializing); the framed http-mode backend plugs in beside it.
+
+pub mod cgi;
+pub mod fork;
+mod logs;
+pub mod process;
+pub mod sniff;
+pub mod spill;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Response;
+use tokio::time::Instant;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::envelope::Envelope;
+use crate::error::InvokeError;
+pub use fork::ForkBackend;
+
+/// Limits on reading a request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Most bytes accepted (`max_body_bytes`; 0: unlimited).
+    pub max_bytes: u64,
+    /// When the whole body must have arrived (`read_timeout` after the request began), if ever.
+    pub read_deadline: Option<Instant>,
+    /// The configured `read_timeout`, for the error message.
+    pub read_timeout: Duration,
+}
+
+/// One request handed to a backend.
+pub struct Invocation {
+    /// What the request is.
+    pub envelope: Envelope,
+    /// Its body or data.
+    pub body: RequestBody,
+    /// Limits on reading the body.
+    pub limits: BodyLimits,
+}
+
+/// The backend selected by the configuration.
+#[derive(Clone)]
+pub enum Backend {
+    /// One process per request.
+    Fork(Arc<ForkBackend>),
+}
+
+impl Backend {
+    /// Runs one request and returns the function's answer or why there is none.
+    pub async fn invoke(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
+        match self {
+            Backend::Fork(fork) => fork.invoke(invocation).await,
+        }
+    }
+
+    /// How long a request may take before the watchdog gives up, if limited.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            Backend::Fork(fork) => fork.timeout(),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! One forked function process: spawned in its own process group so a timeout or shutdown reaches everything it
+//! started, with pipes the watchdog reads, and exits and start failures described as Go's `os/exec` does.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::net::unix::pipe;
+use tokio::process::{Child, ChildStdin, Command};
+
+/// A running function process and its pipes.
+pub struct FunctionProcess {
+    /// The child; its pid is also its process group id.
+    pub child: Child,
+    /// Its process group.
+    pub group: Pid,
+    /// Its stdin, until the request body has been written.
+    pub stdin: Option<ChildStdin>,
+    /// Its stdout, or stdout and stderr together when output is combined.
+    pub output: Option<pipe::Receiver>,
+    /// Its stderr, when not combined with stdout.
+    pub stderr: Option<pipe::Receiver>,
+    reaped: bool,
+}
+
+/// The function could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SpawnError(pub String);
+
+impl FunctionProcess {
+    /// Starts `argv` with the inherited environment plus `env`, in a new process group.
+    /// With `combine`, stdout and stderr share one pipe, so their interleaving is kept as Go's
+    /// `CombinedOutput` keeps it.
+    pub fn spawn(argv: &[String], env: Vec<(OsString, OsString)>, combine: bool) -> Result<FunctionProcess, SpawnError> {
+        let (program, args) = argv.split_first().ok_or_else(|| SpawnError("exec: no command".into()))?;
+        let describe = |e: std::io::Error| SpawnError(describe_spawn_error(program, &e));
+        let (out_reader, out_writer) = std::io::pipe().map_err(describe)?;
+        let (err_reader, stderr) = if combine {
+            (None, Stdio::from(out_writer.try_clone().map_err(describe)?))
+        } else {
+            let (reader, writer) = std::io::pipe().map_err(describe)?;
+            (Some(reader), Stdio::from(writer))
+        };
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .envs(env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(out_writer))
+            .stderr(stderr)
+            .process_group(0);
+        let spawned = command.spawn();
+        // The command holds our copies of the pipes' write ends: close them now, or EOF never comes.
+        drop(command);
+        let mut child = spawned.map_err(describe)?;
+        let group = Pid::from_raw(child.id().expect("a just-spawned child has a pid") as i32);
+        let receiver = |r: std::io::PipeReader| pipe::Receiver::from_owned_fd(OwnedFd::from(r));
+        let output = receiver(out_reader).map_err(describe)?;
+        let stderr = err_reader.map(receiver).transpose().map_err(describe)?;
+        Ok(FunctionProcess { stdin: child.stdin.take(), child, group, output: Some(output), stderr, reaped: false })
+    }
+
+    /// Sends `signal` to the whole process group. Only called before the leader is reaped, so the group id
+    /// cannot have been reused.
+    pub fn signal_group(&self, signal: Signal) {
+        if !self.reaped {
+            let _ = killpg(self.group, signal);
+        }
+    }
+
+    /// Waits for the leader to exit and reaps it.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        let status = self.child.wait().await;
+        if status.is_ok() {
+            self.reaped = true;
+        }
+        status
+    }
+
+    /// Reaps the leader if it has already exited, without waiting.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        let status = self.child.try_wait()?;
+        if status.is_some() {
+            self.reaped = true;
+        }
+        Ok(status)
+    }
+}
+
+impl Drop for FunctionProcess {
+    fn drop(&mut self) {
+        // A request abandoned mid-run (its task cancelled) must not leave its processes behind. tokio's
+        // orphan queue reaps the leader after this, so no zombie is left either.
+        self.signal_group(Signal::SIGKILL);
+    }
+}
+
+/// `None` for a successful exit; else the text of Go's `*exec.ExitError` (`exit status 2`, `signal: killed`).
+pub fn describe_exit(status: ExitStatus) -> Option<String> {
+    if status.success() {
+        return None;
+    }
+    if let Some(code) = status.code() {
+        return Some(format!("exit status {code}"));
+    }
+    let signal = status.signal().unwrap_or(0);
+    let mut text = format!("signal: {}", go_signal_name(signal));
+    if status.core_dumped() {
+        text.push_str(" (core dumped)");
+    }
+    Some(text)
+}
+
+/// Go's `syscall.Signal.String()` on Linux.
+pub fn go_signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "hangup",
+        2 => "interrupt",
+        3 => "quit",
+        4 => "illegal instruction",
+        5 => "trace/breakpoint trap",
+        6 => "aborted",
+        7 => "bus error",
+        8 => "floating point exception",
+        9 => "killed",
+        10 => "user defined signal 1",
+        11 => "segmentation fault",
+        12 => "user defined signal 2",
+        13 => "broken pipe",
+        14 => "alarm clock",
+        15 => "terminated",
+        16 => "stack fault",
+        17 => "child exited",
+        18 => "continued",
+        19 => "stopped (signal)",
+        20 => "stopped",
+        21 => "stopped (tty input)",
+        22 => "stopped (tty output)",
+        23 => "urgent I/O condition",
+        24 => "CPU time limit exceeded",
+        25 => "file size limit exceeded",
+        26 => "virtual timer expired",
+        27 => "profiling timer expired",
+        28 => "window changed",
+        29 => "I/O possible",
+        30 => "power failure",
+        31 => "bad system call",
+        other => return format!("signal {other}"),
+    };
+    name.to_string()
+}
+
+/// The text Go's `os/exec` gives when a command cannot start: `exec: "x": executable file not found in $PATH`
+/// for a bare name, `fork/exec /path: permission denied` for a path.
+pub fn describe_spawn_error(program: &str, error: &std::io::Error) -> String {
+    if !program.contains('/') && error.kind() == std::io::ErrorKind::NotFound {
+        return format!("exec: {program:?}: executable file not found in $PATH");
+    }
+    let reason = match error.raw_os_error() {
+        Some(code) => lower_first(nix::errno::Errno::from_raw(code).desc()),
+        None => error.to_string(),
+    };
+    format!("fork/exec {program}: {reason}")
+}
+
+fn lower_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_descriptions_match_go() {
+        assert_eq!(describe_exit(ExitStatus::from_raw(0)), None);
+        assert_eq!(describe_exit(ExitStatus::from_raw(1 << 8)).as_deref(), Some("exit status 1"));
+        assert_eq!(describe_exit(ExitStatus::from_raw(9)).as_deref(), Some("signal: killed"));
+        assert_eq!(describe_exit(ExitStatus::from_raw(15)).as_deref(), Some("signal: terminated"));
+        assert_eq!(describe_exit(ExitStatus::from_raw(11 | 0x80)).as_deref(), Some("signal: segmentation fault (core dumped)"));
+    }
+
+    #[test]
+    fn spawn_errors_match_go() {
+        let not_found = std::io::Error::from_raw_os_error(2);
+        assert_eq!(
+            describe_spawn_error("nosuchcmd", &not_found),
+            "exec: \"nosuchcmd\": executable file not found in $PATH"
+        );
+        assert_eq!(describe_spawn_error("/no/such", &not_found), "fork/exec /no/such: no such file or directory");
+        let denied = std::io::Error::from_raw_os_error(13);
+        assert_eq!(describe_spawn_error("./f", &denied), "fork/exec ./f: permission denied");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_error() {
+        let err = FunctionProcess::spawn(&["/definitely/not/here".into()], vec![], true).err().unwrap();
+        assert_eq!(err.0, "fork/exec /definitely/not/here: no such file or directory");
+    }
+
+    #[tokio::test]
+    async fn combined_output_shares_one_pipe() {
+        use tokio::io::AsyncReadExt;
+        let argv: Vec<String> = ["sh", "-c", "echo out; echo err >&2; echo out2"].iter().map(|s| s.to_string()).collect();
+        let mut p = FunctionProcess::spawn(&argv, vec![], true).unwrap();
+        drop(p.stdin.take());
+        let mut text = String::new();
+        p.output.take().unwrap().read_to_string(&mut text).await.unwrap();
+        assert_eq!(text, "out\nerr\nout2\n");
+        assert!(p.wait().await.unwrap().success());
+    }
+}

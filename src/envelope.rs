@@ -1,0 +1,180 @@
+//! The envelope (SPEC §7): the one typed description of a request that every ingress produces and every backend
+//! consumes. The types are generated from `proto/` by `build.rs`; this module adds how an HTTP request becomes one.
+
+use std::time::{Duration, SystemTime};
+
+use http::request::Parts;
+use http::HeaderMap;
+
+/// Generated protobuf types, laid out by package so the generated cross-package paths resolve.
+pub mod pb {
+    /// `io.cloudevents.*`
+    pub mod io {
+        /// `io.cloudevents.*`
+        pub mod cloudevents {
+            /// `io.cloudevents.v1`: the CloudEvents spec's protobuf format.
+            #[allow(missing_docs)]
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/io.cloudevents.v1.rs"));
+            }
+        }
+    }
+    /// `watchdog.*`
+    pub mod watchdog {
+        /// `watchdog.v1`: the envelope and response head.
+        #[allow(missing_docs)]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/watchdog.v1.rs"));
+        }
+    }
+}
+
+pub use pb::watchdog::v1::{envelope::Kind, Envelope, Header, HttpRequest, TraceContext};
+
+/// Builds the envelope of a plain HTTP request from its head.
+///
+/// `Host` and `Transfer-Encoding` are carried in [`HttpRequest`] rather than in the header list, as Go's
+/// `net/http` moves them out of `Request.Header`; the classic watchdog's `Http_*` variables depend on that.
+pub fn from_http(parts: &Parts, content_length: i64, timeout: Option<Duration>) -> Result<Envelope, PathError> {
+    let uri = &parts.uri;
+    let path = percent_decode_path(uri.path())?;
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| header_str(&parts.headers, "host"))
+        .unwrap_or_default();
+    let transfer_encoding = header_str(&parts.headers, "transfer-encoding").unwrap_or_default();
+    let chunked = !transfer_encoding.is_empty();
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            *name != http::header::HOST
+                && *name != http::header::TRANSFER_ENCODING
+                && !(chunked && *name == http::header::CONTENT_LENGTH)
+        })
+        .map(|(name, value)| Header { name: name.as_str().to_string(), value: value.as_bytes().to_vec().into() })
+        .collect();
+    Ok(Envelope {
+        request_id: request_id(&parts.headers),
+        deadline: timeout.map(|t| prost_types::Timestamp::from(SystemTime::now() + t)),
+        trace: Some(TraceContext {
+            traceparent: header_str(&parts.headers, "traceparent").unwrap_or_default(),
+            tracestate: header_str(&parts.headers, "tracestate").unwrap_or_default(),
+        }),
+        headers,
+        content_length,
+        kind: Some(Kind::Http(HttpRequest {
+            method: parts.method.as_str().to_string(),
+            path: path.into(),
+            query: uri.query().unwrap_or_default().to_string(),
+            host,
+            version: format!("{:?}", parts.version),
+            transfer_encoding: transfer_encoding.split(',').next().unwrap_or_default().trim().to_string(),
+        })),
+    })
+}
+
+/// The request id: `X-Call-Id` when the caller sent one, else a fresh UUID.
+pub fn request_id(headers: &HeaderMap) -> String {
+    header_str(headers, "x-call-id").unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// A request path with an invalid percent-escape (Go's `net/http` answers 400 to these too).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid URL escape {0:?} in the request path")]
+pub struct PathError(pub String);
+
+/// Decodes `%XX` escapes in a path as Go's `URL.Path` does (`+` stays `+`). The result may not be UTF-8.
+pub fn percent_decode_path(path: &str) -> Result<Vec<u8>, PathError> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            let Some(hex) = hex else {
+                let end = (i + 3).min(bytes.len());
+                return Err(PathError(String::from_utf8_lossy(&bytes[i..end]).into_owned()));
+            };
+            let text = std::str::from_utf8(hex).expect("hex digits are ASCII");
+            out.push(u8::from_str_radix(text, 16).expect("two hex digits"));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+impl Envelope {
+    /// The HTTP request inside, if this envelope describes one.
+    pub fn http(&self) -> Option<&HttpRequest> {
+        match &self.kind {
+            Some(Kind::Http(http)) => Some(http),
+            _ => None,
+        }
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(req: http::Request<()>) -> Parts {
+        req.into_parts().0
+    }
+
+    #[test]
+    fn decodes_path_like_go() {
+        assert_eq!(percent_decode_path("/a%20b+c").unwrap(), b"/a b+c");
+        assert_eq!(percent_decode_path("/%e2%82%ac").unwrap(), "/€".as_bytes());
+        assert_eq!(percent_decode_path("/%ff").unwrap(), vec![b'/', 0xff]);
+        assert!(percent_decode_path("/%zz").is_err());
+        assert!(percent_decode_path("/%4").is_err());
+    }
+
+    #[test]
+    fn http_envelope_moves_host_and_transfer_encoding_out_of_headers() {
+        let req = http::Request::post("/my/path?q=x")
+            .header("Host", "example.com:8080")
+            .header("Transfer-Encoding", "chunked")
+            .header("X-Call-Id", "abc")
+            .header("traceparent", "00-1-2-01")
+            .header("custom-header", "v1")
+            .header("custom-header", "v2")
+            .body(())
+            .unwrap();
+        let env = from_http(&parts(req), -1, None).unwrap();
+        let http = env.http().unwrap();
+        assert_eq!(http.method, "POST");
+        assert_eq!(&http.path[..], b"/my/path");
+        assert_eq!(http.query, "q=x");
+        assert_eq!(http.host, "example.com:8080");
+        assert_eq!(http.transfer_encoding, "chunked");
+        assert_eq!(env.request_id, "abc");
+        assert_eq!(env.trace.as_ref().unwrap().traceparent, "00-1-2-01");
+        assert_eq!(env.content_length, -1);
+        assert!(env.header("host").is_none());
+        assert!(env.header("transfer-encoding").is_none());
+        let values: Vec<_> = env.headers.iter().filter(|h| h.name == "custom-header").map(|h| h.value.clone()).collect();
+        assert_eq!(values, vec![&b"v1"[..], &b"v2"[..]]);
+    }
+
+    #[test]
+    fn generated_request_ids_are_unique() {
+        let a = request_id(&HeaderMap::new());
+        let b = request_id(&HeaderMap::new());
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,182 @@
+//! Why a request failed, and the one place where each failure becomes a status code and body.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::backend::sniff::detect_content_type;
+use crate::backend::spill::Output;
+use crate::body::{self, ResponseBody};
+use crate::config::format_go_duration;
+
+/// How a failed function's 500 reads: each original watchdog words it its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureStyle {
+    /// classic-watchdog: `exit status 1\n` followed by the function's output.
+    Classic,
+    /// of-watchdog fork modes: `exit status 1` alone, with `X-Duration-Seconds` and the configured Content-Type.
+    OfWatchdog,
+}
+
+/// A request that did not get the function's own answer.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The method is not one the classic watchdog forwards.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// `max_inflight` is reached.
+    #[error("Concurrent request limit exceeded. Max concurrent requests: {max}")]
+    Overloaded {
+        /// The configured limit.
+        max: usize,
+    },
+    /// The body is larger than `max_body_bytes`.
+    #[error("request body is larger than max_body_bytes ({limit} bytes)")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The client did not send the whole body within `read_timeout`.
+    #[error("request body was not received within read_timeout ({})", format_go_duration(*.0))]
+    ReadTimeout(Duration),
+    /// The client's body stream failed.
+    #[error("error reading the request body: {0}")]
+    BodyRead(String),
+    /// The request target cannot be decoded.
+    #[error(transparent)]
+    BadPath(#[from] crate::envelope::PathError),
+    /// The function ran past `exec_timeout` and was killed (classic mode).
+    #[error("Killed process.")]
+    ExecTimeout,
+    /// The function ran past `write_timeout` and was killed.
+    #[error("function did not finish within write_timeout ({})", format_go_duration(*.0))]
+    WriteTimeout(Duration),
+    /// The function could not start, exited non-zero, or was killed.
+    #[error("{reason}")]
+    FunctionFailed {
+        /// Go's wording: `exit status 1`, `signal: killed`, `exec: "x": executable file not found in $PATH`.
+        reason: String,
+        /// Output collected before the failure (classic mode shows it).
+        output: Option<Output>,
+        /// Which original's wording to use.
+        style: FailureStyle,
+        /// Seconds the run took, for `X-Duration-Seconds` (of-watchdog style).
+        duration: Option<f64>,
+        /// Content-Type to set (of-watchdog style sets the configured one before running).
+        content_type: Option<String>,
+    },
+    /// The watchdog itself failed (e.g. the temporary directory is not writable).
+    #[error("watchdog error: {0}")]
+    Internal(String),
+}
+
+impl InvokeError {
+    /// The HTTP status this failure is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InvokeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            InvokeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            InvokeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            InvokeError::ReadTimeout(_) | InvokeError::ExecTimeout => StatusCode::REQUEST_TIMEOUT,
+            InvokeError::BodyRead(_) | InvokeError::BadPath(_) => StatusCode::BAD_REQUEST,
+            InvokeError::WriteTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::FunctionFailed { .. } | InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The HTTP response for this failure, worded as the original watchdogs word it.
+    pub fn into_http_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let mut builder = Response::builder().status(status);
+        let body = match self {
+            InvokeError::MethodNotAllowed => return builder.body(body::empty()).expect("valid response"),
+            InvokeError::Overloaded { .. } => {
+                builder = builder
+                    .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .header("X-Content-Type-Options", "nosniff")
+                    .header("X-OpenFaaS-Internal", "faas-middleware")
+                    .header(header::RETRY_AFTER, "1");
+                body::full(format!("{self}\n"))
+            }
+            InvokeError::FunctionFailed { reason, output, style: FailureStyle::Classic, .. } => {
+                let mut prefix = BytesMut::with_capacity(reason.len() + 1);
+                prefix.put_slice(reason.as_bytes());
+                prefix.put_u8(b'\n');
+                let prefix = prefix.freeze();
+                let sniffed = match &output {
+                    Some(o) if prefix.len() < 512 => {
+                        let mut head = prefix.to_vec();
+                        head.extend_from_slice(o.head());
+                        detect_content_type(&head)
+                    }
+                    _ => detect_content_type(&prefix),
+                };
+                builder = builder.header(header::CONTENT_TYPE, sniffed);
+                match output {
+                    Some(output) => body::from_output(Some(prefix), output),
+                    None => body::full(prefix),
+                }
+            }
+            InvokeError::FunctionFailed { reason, style: FailureStyle::OfWatchdog, duration, content_type, .. } => {
+                if let Some(ct) = content_type.and_then(|ct| HeaderValue::from_str(&ct).ok()) {
+                    builder = builder.header(header::CONTENT_TYPE, ct);
+                }
+                if let Some(seconds) = duration {
+                    builder = builder.header("X-Duration-Seconds", format!("{seconds:.6}"));
+                }
+                body::full(Bytes::from(reason))
+            }
+            other => {
+                let text = format!("{other}\n");
+                builder = builder.header(header::CONTENT_TYPE, detect_content_type(text.as_bytes()));
+                body::full(text)
+            }
+        };
+        builder.body(body).expect("valid response")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn text(resp: Response<ResponseBody>) -> String {
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn classic_failure_body() {
+        let err = InvokeError::FunctionFailed {
+            reason: "exit status 1".into(),
+            output: Some(Output::Memory(Bytes::from_static(b"stat: cannot stat 'x'\n"))),
+            style: FailureStyle::Classic,
+            duration: None,
+            content_type: None,
+        };
+        let resp = err.into_http_response();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(text(resp).await, "exit status 1\nstat: cannot stat 'x'\n");
+    }
+
+    #[tokio::test]
+    async fn overload_body_and_headers() {
+        let resp = InvokeError::Overloaded { max: 2 }.into_http_response();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["x-openfaas-internal"], "faas-middleware");
+        assert_eq!(resp.headers()["retry-after"], "1");
+        assert_eq!(text(resp).await, "Concurrent request limit exceeded. Max concurrent requests: 2\n");
+    }
+
+    #[tokio::test]
+    async fn timeouts() {
+        let resp = InvokeError::ExecTimeout.into_http_response();
+        assert_eq!(resp.status(), 408);
+        assert_eq!(text(resp).await, "Killed process.\n");
+        let resp = InvokeError::WriteTimeout(Duration::from_secs(2)).into_http_response();
+        assert_eq!(resp.status(), 504);
+        assert!(text(resp).await.contains("write_timeout (2s)"));
+    }
+}

@@ -1,0 +1,154 @@
+//! Ingress: where requests arrive. Routes the watchdog's own paths (`/_/health`, `/_/ready`), applies the
+//! concurrency limit, and hands everything else to a protocol module that turns it into an envelope for the
+//! backend: plain HTTP today; gRPC and CloudEvents plug in here as sibling modules.
+
+mod http;
+mod probe;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::backend::Backend;
+use crate::body::{ResponseBody, TrackedBody};
+use crate::config::Config;
+use crate::error::InvokeError;
+use crate::metrics::Metrics;
+use crate::supervisor::Lifecycle;
+
+/// The request handler behind the main port.
+pub struct Ingress {
+    config: Arc<Config>,
+    lifecycle: Arc<Lifecycle>,
+    backend: Backend,
+    metrics: Arc<Metrics>,
+    limiter: ConcurrencyLimiter,
+}
+
+impl Ingress {
+    /// An ingress serving `backend`.
+    pub fn new(config: Arc<Config>, lifecycle: Arc<Lifecycle>, backend: Backend, metrics: Arc<Metrics>) -> Ingress {
+        let limiter = ConcurrencyLimiter::new(config.max_inflight);
+        Ingress { config, lifecycle, backend, metrics, limiter }
+    }
+
+    /// Answers one request; never fails (every failure is a response).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+        let path = req.uri().path();
+        if path == "/_/health" {
+            return Ok(probe::health(&self.lifecycle, req.method()));
+        }
+        if path == "/_/ready" {
+            return Ok(probe::ready(&self, req).await);
+        }
+        let start = Instant::now();
+        let method = req.method().clone();
+        let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        let quiet = req
+            .headers()
+            .get(::http::header::USER_AGENT)
+            .is_some_and(|ua| ua.as_bytes().starts_with(b"kube-probe"));
+        self.metrics.in_flight.inc();
+
+        let slot = self.limiter.acquire();
+        let response = match slot {
+            None => InvokeError::Overloaded { max: self.config.max_inflight }.into_http_response(),
+            Some(_) => match http::invoke(&self, req).await {
+                Ok(response) => response,
+                Err(error) => {
+                    if !matches!(error, InvokeError::MethodNotAllowed) {
+                        tracing::debug!("{error}");
+                    }
+                    error.into_http_response()
+                }
+            },
+        };
+
+        let status = response.status().as_u16();
+        let metrics = Arc::clone(&self.metrics);
+        let (parts, body) = response.into_parts();
+        let on_end = move |sent: u64| {
+            drop(slot);
+            let seconds = start.elapsed().as_secs_f64();
+            metrics.in_flight.dec();
+            metrics.observe("http", &method, status, seconds);
+            if !quiet {
+                tracing::info!(
+                    target: "access",
+                    "{method} {target} - {status} - ContentLength: {} ({seconds:.4}s)",
+                    crate::logging::human_size(sent)
+                );
+            }
+        };
+        let body = http_body_util::BodyExt::boxed_unsync(TrackedBody::new(body, on_end));
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// `max_inflight`: requests beyond the limit are refused at once (faas-middleware's concurrency limiter).
+struct ConcurrencyLimiter {
+    max: usize,
+    current: Arc<AtomicUsize>,
+}
+
+/// A held place under the concurrency limit, released on drop.
+struct Slot(Option<Arc<AtomicUsize>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(current) = &self.0 {
+            current.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl ConcurrencyLimiter {
+    fn new(max: usize) -> ConcurrencyLimiter {
+        ConcurrencyLimiter { max, current: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// A slot, or `None` when the limit is reached.
+    fn acquire(&self) -> Option<Slot> {
+        if self.max == 0 {
+            return Some(Slot(None));
+        }
+        if self.current.fetch_add(1, Ordering::SeqCst) >= self.max {
+            self.current.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(Some(Arc::clone(&self.current))))
+    }
+
+    /// Whether a new request would be refused.
+    fn is_full(&self) -> bool {
+        self.max > 0 && self.current.load(Ordering::SeqCst) >= self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_refuses_beyond_max_and_frees_on_drop() {
+        let limiter = ConcurrencyLimiter::new(2);
+        let a = limiter.acquire().unwrap();
+        let _b = limiter.acquire().unwrap();
+        assert!(limiter.is_full());
+        assert!(limiter.acquire().is_none());
+        drop(a);
+        assert!(limiter.acquire().is_some());
+    }
+
+    #[test]
+    fn zero_means_no_limit() {
+        let limiter = ConcurrencyLimiter::new(0);
+        let slots: Vec<_> = (0..1000).map(|_| limiter.acquire().unwrap()).collect();
+        assert!(!limiter.is_full());
+        drop(slots);
+    }
+}

@@ -1,0 +1,63 @@
+//! The watchdog's own probes: `/_/health` (the lock file) and `/_/ready` (able to take a request now).
+
+use ::http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::Ingress;
+use crate::backend::{BodyLimits, Invocation};
+use crate::body::{self, ResponseBody};
+use crate::envelope;
+use crate::supervisor::Lifecycle;
+
+fn status_only(status: StatusCode) -> Response<ResponseBody> {
+    let mut builder = Response::builder().status(status);
+    if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+        builder = builder.header(header::RETRY_AFTER, "1");
+    }
+    builder.body(body::empty()).expect("valid response")
+}
+
+/// `GET /_/health`: 200 `OK` while accepting with the lock file present, else 503; other methods 405.
+pub fn health(lifecycle: &Lifecycle, method: &Method) -> Response<ResponseBody> {
+    if method != Method::GET {
+        return status_only(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    if !lifecycle.healthy() {
+        return status_only(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    Response::builder().status(StatusCode::OK).body(body::full("OK")).expect("valid response")
+}
+
+/// `GET /_/ready`: 503 when not accepting or the lock file is missing, 429 at `max_inflight`, the function's
+/// own answer to `GET <ready_path>` when configured, else 200.
+pub async fn ready(ingress: &Ingress, req: Request<Incoming>) -> Response<ResponseBody> {
+    if req.method() != Method::GET {
+        return status_only(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    if !ingress.lifecycle.healthy() {
+        return status_only(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    if ingress.limiter.is_full() {
+        return status_only(StatusCode::TOO_MANY_REQUESTS);
+    }
+    let Some(ready_path) = &ingress.config.ready_path else {
+        return status_only(StatusCode::OK);
+    };
+    // Ask the function itself, as of-watchdog does: a GET of ready_path with the probe's headers.
+    let (mut parts, _) = req.into_parts();
+    parts.uri = match ready_path.parse() {
+        Ok(uri) => uri,
+        Err(_) => return status_only(StatusCode::INTERNAL_SERVER_ERROR),
+    };
+    let envelope = match envelope::from_http(&parts, 0, ingress.backend.timeout()) {
+        Ok(envelope) => envelope,
+        Err(_) => return status_only(StatusCode::INTERNAL_SERVER_ERROR),
+    };
+    let limits = BodyLimits { max_bytes: 0, read_deadline: None, read_timeout: Default::default() };
+    let body = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
+    match ingress.backend.invoke(Invocation { envelope, body, limits }).await {
+        Ok(response) => response,
+        Err(error) => error.into_http_response(),
+    }
+}

@@ -1,0 +1,193 @@
+//! Prometheus metrics on `metrics_port`: of-watchdog's names and labels, plus the watchdog's own.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{self, ResponseBody};
+
+/// Go's default histogram buckets, as of-watchdog uses.
+const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Labels of of-watchdog's HTTP metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Status code, e.g. "200".
+    pub code: String,
+    /// Lower-case method, e.g. "post" (promhttp's convention), "unknown" for others.
+    pub method: String,
+}
+
+/// Labels of the per-protocol invocation counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InvocationLabels {
+    /// http | grpc | cloudevent.
+    pub protocol: String,
+    /// Status code.
+    pub code: String,
+}
+
+/// Label of the per-protocol duration histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    /// http | grpc | cloudevent.
+    pub protocol: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric the watchdog exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<HttpLabels, Counter>,
+    duration: HistogramFamily<HttpLabels>,
+    /// Requests being served (`http_requests_in_flight`).
+    pub in_flight: Gauge,
+    invocations: Family<InvocationLabels, Counter>,
+    invocation_duration: HistogramFamily<ProtocolLabel>,
+    /// Function worker restarts (http mode).
+    pub worker_restarts: Counter,
+    /// Function workers ready (http mode).
+    pub workers_ready: Gauge,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<HttpLabels, Counter>::default();
+        let duration: HistogramFamily<HttpLabels> = Family::new_with_constructor(histogram);
+        let in_flight = Gauge::default();
+        let invocations = Family::<InvocationLabels, Counter>::default();
+        let invocation_duration: HistogramFamily<ProtocolLabel> = Family::new_with_constructor(histogram);
+        let worker_restarts = Counter::default();
+        let workers_ready = Gauge::default();
+        registry.register("http_requests", "total HTTP requests processed", requests.clone());
+        registry.register("http_request_duration_seconds", "Seconds spent serving HTTP requests", duration.clone());
+        registry.register("http_requests_in_flight", "total HTTP requests in-flight", in_flight.clone());
+        registry.register("watchdog_invocations", "Function invocations by protocol and status code", invocations.clone());
+        registry.register(
+            "watchdog_invocation_duration_seconds",
+            "Seconds spent on function invocations by protocol",
+            invocation_duration.clone(),
+        );
+        registry.register("watchdog_worker_restarts", "Function worker restarts", worker_restarts.clone());
+        registry.register("watchdog_workers_ready", "Function workers ready to take requests", workers_ready.clone());
+        Metrics {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            invocations,
+            invocation_duration,
+            worker_restarts,
+            workers_ready,
+        }
+    }
+
+    /// Records one finished request.
+    pub fn observe(&self, protocol: &str, method: &http::Method, code: u16, seconds: f64) {
+        let labels = HttpLabels { code: code.to_string(), method: method_label(method).to_string() };
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(seconds);
+        let code = labels.code;
+        self.invocations.get_or_create(&InvocationLabels { protocol: protocol.to_string(), code }).inc();
+        self.invocation_duration.get_or_create(&ProtocolLabel { protocol: protocol.to_string() }).observe(seconds);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// promhttp's method label: lower case for the standard methods, "unknown" otherwise.
+fn method_label(method: &http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "get",
+        "PUT" => "put",
+        "HEAD" => "head",
+        "POST" => "post",
+        "DELETE" => "delete",
+        "CONNECT" => "connect",
+        "OPTIONS" => "options",
+        "NOTIFY" => "notify",
+        "TRACE" => "trace",
+        "PATCH" => "patch",
+        _ => "unknown",
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move { Ok::<_, Infallible>(metrics_response(&req, &metrics)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
+
+fn metrics_response(req: &Request<Incoming>, metrics: &Metrics) -> Response<ResponseBody> {
+    if req.uri().path() != "/metrics" {
+        return Response::builder().status(404).body(body::full("404 page not found\n")).expect("valid response");
+    }
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(body::full(metrics.encode()))
+        .expect("valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_match_of_watchdog() {
+        let m = Metrics::new();
+        m.observe("http", &http::Method::POST, 200, 0.01);
+        m.in_flight.inc();
+        let text = m.encode();
+        assert!(text.contains(r#"http_requests_total{code="200",method="post"} 1"#), "{text}");
+        assert!(text.contains(r#"http_request_duration_seconds_count{code="200",method="post"} 1"#), "{text}");
+        assert!(text.contains("http_requests_in_flight 1"), "{text}");
+        assert!(text.contains(r#"watchdog_invocations_total{protocol="http",code="200"} 1"#), "{text}");
+        assert!(text.contains(r#"watchdog_invocation_duration_seconds_count{protocol="http"} 1"#), "{text}");
+        assert!(text.contains("watchdog_worker_restarts_total 0"), "{text}");
+        assert!(text.contains("watchdog_workers_ready 0"), "{text}");
+    }
+}
