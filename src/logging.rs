@@ -19,6 +19,8 @@ pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 pub fn init(format: LogFormat, prefix_logs: bool) -> LogGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        // Bounded: function lines can be up to log_buffer_size long, and a flood must not queue gigabytes.
+        .buffered_lines_limit(256)
         .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
