@@ -1,0 +1,244 @@
+//! The real `fwatchdog` binary: flags, exit codes, the SIGTERM sequence, process groups, zombies, logs, metrics.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{alive, free_port, processes, script, Binary};
+
+fn fwatchdog() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fwatchdog"));
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd
+}
+
+async fn wait_exit(binary: &mut Binary, limit: Duration) -> std::process::ExitStatus {
+    tokio::time::timeout(limit, binary.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("fwatchdog did not exit; log:\n{}", binary.log()))
+        .unwrap()
+}
+
+async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn version_flags() {
+    for flag in ["-version", "--version"] {
+        let out = fwatchdog().arg(flag).output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("Version: "), "{flag}");
+    }
+}
+
+#[test]
+fn help_lists_every_variable_with_its_default() {
+    let out = fwatchdog().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for var in ng_watchdog::config::VARIABLES {
+        assert!(text.contains(var.name) && text.contains(var.default), "{}", var.name);
+    }
+}
+
+#[test]
+fn run_healthcheck_checks_the_lock_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    for flag in ["-run-healthcheck", "--run-healthcheck"] {
+        let out = fwatchdog().arg(flag).env("TMPDIR", tmp.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "unable to find lock file.\n");
+    }
+    std::fs::write(tmp.path().join(".lock"), "").unwrap();
+    let out = fwatchdog().arg("-run-healthcheck").env("TMPDIR", tmp.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn invalid_start_up_settings_exit_2_naming_the_variable() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "fprocess"),
+        (&[("fprocess", "cat"), ("workers", "many")], "workers"),
+        (&[("fprocess", "cat"), ("metrics_port", "-1")], "metrics_port"),
+        (&[("fprocess", "cat"), ("max_body_bytes", "1GB")], "max_body_bytes"),
+        (&[("fprocess", "cat"), ("cloudevents", "yes")], "cloudevents"),
+        (&[("fprocess", "cat"), ("log_format", "xml")], "log_format"),
+        (&[("fprocess", "cat"), ("mode", "inproc")], "mode"),
+        (&[("fprocess", "cat"), ("mode", "bogus")], "mode"),
+        (&[("fprocess", "cat"), ("jwt_auth", "true")], "jwt_auth"),
+    ];
+    for (vars, name) in cases {
+        let out = fwatchdog().envs(vars.iter().copied()).env("port", free_port().to_string()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{vars:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(name), "{vars:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[tokio::test]
+async fn invalid_classic_value_warns_and_keeps_the_default() {
+    let binary = Binary::start(&[("fprocess", "cat"), ("exec_timeout", "soon"), ("healthcheck_interval", "0")]).await;
+    let resp = reqwest::Client::new().post(binary.url("/")).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(binary.log().contains("exec_timeout"), "{}", binary.log());
+}
+
+#[tokio::test]
+async fn sigterm_sequence_drains_in_flight_requests() {
+    let mut binary = Binary::start(&[
+        ("fprocess", "sleep 1"),
+        ("healthcheck_interval", "700ms"),
+        ("write_timeout", "10s"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let lock = binary.tmp.path().join(".lock");
+    assert!(lock.exists());
+    let in_flight = tokio::spawn(client.post(binary.url("/")).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    binary.sigterm();
+    // At once: the lock file is gone and health says 503.
+    eventually("lock file removed", Duration::from_millis(500), || !lock.exists()).await;
+    let health = reqwest::Client::new().get(binary.url("/_/health")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    // During healthcheck_interval, new requests are still served.
+    let during = tokio::spawn(reqwest::Client::new().post(binary.url("/")).send());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // After it, no new connections.
+    assert!(tokio::net::TcpStream::connect(binary.addr()).await.is_err(), "listener still open");
+    assert_eq!(in_flight.await.unwrap().unwrap().status(), 200);
+    assert_eq!(during.await.unwrap().unwrap().status(), 200);
+    let status = wait_exit(&mut binary, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0));
+    let log = binary.log();
+    assert!(log.contains("SIGTERM"), "{log}");
+}
+
+#[tokio::test]
+async fn sigterm_with_zero_healthcheck_interval_exits_promptly() {
+    let mut binary = Binary::start(&[("fprocess", "cat"), ("healthcheck_interval", "0")]).await;
+    binary.sigterm();
+    let status = wait_exit(&mut binary, Duration::from_secs(3)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn exec_timeout_kills_the_whole_process_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pids = tmp.path().join("pids");
+    let f = script(tmp.path(), "f.sh", &format!("sleep 300 & echo $! > {p}; echo $$ >> {p}; sleep 300", p = pids.display()));
+    let binary = Binary::start_in(tmp, &[("fprocess", f.to_str().unwrap()), ("exec_timeout", "500ms")]).await;
+    let resp = reqwest::Client::new().post(binary.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 408);
+    let pids: Vec<i32> = std::fs::read_to_string(&pids).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(pids.len(), 2);
+    eventually("background child killed too", Duration::from_secs(3), || pids.iter().all(|p| !alive(*p))).await;
+}
+
+#[tokio::test]
+async fn no_zombies_after_100_requests() {
+    let binary = Binary::start(&[("fprocess", "cat")]).await;
+    let client = reqwest::Client::new();
+    for i in 0..100 {
+        let resp = client.post(binary.url("/")).body(format!("{i}")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let pid = binary.pid();
+    eventually("no children left", Duration::from_secs(3), || processes().iter().all(|(_, _, ppid, _)| *ppid != pid))
+        .await;
+}
+
+#[tokio::test]
+async fn stderr_is_logged_with_and_without_prefix() {
+    let binary = Binary::start(&[("fprocess", "stat x"), ("combine_output", "false")]).await;
+    let resp = reqwest::Client::new().post(binary.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    eventually("stderr line logged", Duration::from_secs(3), || {
+        binary.log().lines().any(|l| l.contains(" stderr: ") && l.contains("No such file or directory"))
+    })
+    .await;
+
+    let binary = Binary::start(&[("fprocess", "stat x"), ("combine_output", "false"), ("prefix_logs", "false")]).await;
+    reqwest::Client::new().post(binary.url("/")).send().await.unwrap();
+    eventually("bare stderr line logged", Duration::from_secs(3), || {
+        binary.log().lines().any(|l| l.starts_with("stat: ") && l.contains("No such file or directory"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn access_log_skips_kube_probes() {
+    let binary = Binary::start(&[("fprocess", "cat")]).await;
+    let client = reqwest::Client::new();
+    client.post(binary.url("/probe-path")).header("user-agent", "kube-probe/1.29").send().await.unwrap();
+    client.post(binary.url("/seen?q=1")).body("12345").send().await.unwrap();
+    eventually("access line", Duration::from_secs(3), || binary.log().contains("POST /seen?q=1 - 200 - ContentLength: 5B")).await;
+    assert!(!binary.log().contains("/probe-path"), "{}", binary.log());
+}
+
+#[tokio::test]
+async fn json_logs() {
+    let binary = Binary::start(&[("fprocess", "cat"), ("log_format", "json")]).await;
+    reqwest::Client::new().post(binary.url("/")).body("x").send().await.unwrap();
+    eventually("access line", Duration::from_secs(3), || binary.log().contains("ContentLength")).await;
+    for line in binary.log().lines() {
+        assert!(line.starts_with('{') && line.ends_with('}') && line.contains("\"message\""), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests() {
+    let metrics_port = free_port();
+    let binary = Binary::start(&[("fprocess", "cat"), ("metrics_port", &metrics_port.to_string())]).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        client.post(binary.url("/")).body("x").send().await.unwrap();
+    }
+    client.request(reqwest::Method::OPTIONS, binary.url("/")).send().await.unwrap();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let text = client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"http_requests_total{code="200",method="post"} 3"#), "{text}");
+    assert!(text.contains(r#"http_requests_total{code="405",method="options"} 1"#), "{text}");
+    assert!(text.contains(r#"http_request_duration_seconds_bucket{le="0.005",code="200",method="post"}"#)
+        || text.contains(r#"http_request_duration_seconds_bucket{code="200",method="post",le="0.005"}"#), "{text}");
+    assert!(text.contains("http_requests_in_flight 0"), "{text}");
+    assert!(text.contains(r#"watchdog_invocations_total{protocol="http",code="200"} 3"#), "{text}");
+}
+
+#[tokio::test]
+async fn knative_port_is_used_when_port_is_unset() {
+    let port = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fwatchdog"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TMPDIR", tmp.path())
+        .env("fprocess", "cat")
+        .env("metrics_port", "0")
+        .env("PORT", port.to_string())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/_/health");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if client.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not listening on PORT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Dual-stack: IPv6 loopback works too where the machine has it.
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let v6 = client.get(format!("http://[::1]:{port}/_/health")).send().await.unwrap();
+        assert_eq!(v6.status(), 200);
+    }
+    child.kill().await.unwrap();
+}
