@@ -15,7 +15,7 @@
 //!    │         cgi (Http_* environment, marshal_request), process (process groups, Go's exit wording),
 //!    │         spill (output held until exit, on disk past a threshold), sniff (Go's content sniffing)
 //!  error       every failure → status code and body, in one place
-//!  supervisor  lock file, health, the SIGTERM sequence
+//!  supervisor  lock file, health, the SIGTERM sequence;  reaper: orphan reaping when PID 1
 //!  metrics     Prometheus metrics on metrics_port;  logging: Go-style or JSON lines, non-blocking
 //! ```
 //!
@@ -32,6 +32,7 @@ pub mod error;
 pub mod ingress;
 pub mod logging;
 pub mod metrics;
+pub mod reaper;
 pub mod supervisor;
 
 use std::future::Future;
@@ -48,7 +49,17 @@ use crate::backend::{Backend, ForkBackend};
 use crate::config::{format_go_duration, Config, Mode};
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
+use crate::reaper::ChildRegistry;
 use crate::supervisor::Lifecycle;
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Largest request head accepted: the originals' 1 MiB of header bytes, plus room for the request line.
 const MAX_HEADER_BYTES: usize = (1 << 20) + 64 * 1024;
@@ -93,9 +104,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let config = Arc::new(config);
     let lifecycle = Arc::new(Lifecycle::new(&config));
     let metrics = Arc::new(Metrics::new());
+    let children = Arc::new(ChildRegistry::new(std::process::id() == 1));
+    let reaper = children.is_active().then(|| tokio::spawn(reaper::reap_orphans(Arc::clone(&children))));
+    let _stop_reaper = reaper.map(|task| AbortOnDrop(task));
     let backend = match config.mode {
         Mode::Classic | Mode::Streaming | Mode::Serializing => {
-            Backend::Fork(Arc::new(ForkBackend::new(&config, lifecycle.terminate.clone())))
+            Backend::Fork(Arc::new(ForkBackend::new(&config, lifecycle.terminate.clone(), Arc::clone(&children))))
         }
         Mode::Http | Mode::Static => return Err(Error::UnsupportedMode(config.mode.as_str())),
     };

@@ -242,3 +242,65 @@ async fn knative_port_is_used_when_port_is_unset() {
     }
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn as_pid_1_orphans_are_reaped_and_exit_statuses_kept() {
+    // The watchdog becomes PID 1 of a new pid namespace, as in a scratch image.
+    if !Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot create a pid namespace here (unshare needs root)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let f = script(
+        tmp.path(),
+        "f.sh",
+        r#"(sleep 0.2; exit 0) >/dev/null 2>&1 &
+if [ "$Http_Path" = "/fail" ]; then exit 3; fi
+echo ok"#,
+    );
+    let port = free_port();
+    let mut unshare = tokio::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_fwatchdog")])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TMPDIR", tmp.path())
+        .env("fprocess", f.to_str().unwrap())
+        .env("port", port.to_string())
+        .env("metrics_port", "0")
+        .env("healthcheck_interval", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let unshare_pid = unshare.id().unwrap() as i32;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client.get(url("/_/health")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "not healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let watchdog = processes().into_iter().find(|(_, _, ppid, _)| *ppid == unshare_pid).expect("watchdog process").0;
+    // Killing unshare would not reach its child, the namespace's PID 1: kill the watchdog itself, even on panic.
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _kill = KillOnDrop(watchdog);
+    for i in 0..20 {
+        let (path, status, body) = if i % 2 == 0 { ("/", 200, "ok\n") } else { ("/fail", 500, "exit status 3\n") };
+        let resp = client.post(url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), status, "exit statuses are not taken by the reaper");
+        assert_eq!(resp.text().await.unwrap(), body);
+    }
+    eventually("orphans reaped", Duration::from_secs(5), || {
+        !processes().iter().any(|(_, state, ppid, _)| *ppid == watchdog && *state == 'Z')
+            && !processes().iter().any(|(_, _, ppid, _)| *ppid == watchdog)
+    })
+    .await;
+    drop(_kill);
+    unshare.wait().await.unwrap();
+}

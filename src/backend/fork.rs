@@ -27,6 +27,7 @@ use super::{BodyLimits, Invocation};
 use crate::body::{self, ResponseBody};
 use crate::config::{Config, Mode};
 use crate::error::{FailureStyle, InvokeError};
+use crate::reaper::ChildRegistry;
 
 /// Size of each read from a function's stdout.
 const READ_CHUNK: usize = 64 * 1024;
@@ -59,11 +60,13 @@ pub struct ForkBackend {
     tmp_dir: PathBuf,
     /// Cancelled when the drain deadline passes: running functions get SIGTERM, then SIGKILL.
     terminate: CancellationToken,
+    /// Our children, kept apart from orphans when the watchdog is PID 1.
+    children: Arc<ChildRegistry>,
 }
 
 impl ForkBackend {
     /// A fork backend for `config`'s mode; `terminate` fires when running functions must stop.
-    pub fn new(config: &Config, terminate: CancellationToken) -> ForkBackend {
+    pub fn new(config: &Config, terminate: CancellationToken, children: Arc<ChildRegistry>) -> ForkBackend {
         let style = match config.mode {
             Mode::Streaming => ForkStyle::Streaming,
             Mode::Serializing => ForkStyle::Serializing,
@@ -83,6 +86,7 @@ impl ForkBackend {
             log_buffer_size: config.log_buffer_size,
             tmp_dir: config.tmp_dir.clone(),
             terminate,
+            children,
         }
     }
 
@@ -114,7 +118,7 @@ impl ForkBackend {
     fn spawn(&self, invocation: &Invocation, combine: bool) -> Result<FunctionProcess, InvokeError> {
         let flavour = if self.style == ForkStyle::Classic { EnvFlavour::Classic } else { EnvFlavour::OfWatchdog };
         let env = if self.cgi_headers { cgi::function_env(&invocation.envelope, flavour) } else { Vec::new() };
-        FunctionProcess::spawn(&self.argv, env, combine).map_err(|e| self.failure(e.0, None, None))
+        FunctionProcess::spawn(&self.argv, env, combine, &self.children).map_err(|e| self.failure(e.0, None, None))
     }
 
     fn failure(&self, reason: String, output: Option<Output>, duration: Option<f64>) -> InvokeError {

@@ -5,11 +5,14 @@ use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
+
+use crate::reaper::ChildRegistry;
 
 /// A running function process and its pipes.
 pub struct FunctionProcess {
@@ -24,6 +27,7 @@ pub struct FunctionProcess {
     /// Its stderr, when not combined with stdout.
     pub stderr: Option<pipe::Receiver>,
     reaped: bool,
+    registry: Arc<ChildRegistry>,
 }
 
 /// The function could not be started.
@@ -35,7 +39,12 @@ impl FunctionProcess {
     /// Starts `argv` with the inherited environment plus `env`, in a new process group.
     /// With `combine`, stdout and stderr share one pipe, so their interleaving is kept as Go's
     /// `CombinedOutput` keeps it.
-    pub fn spawn(argv: &[String], env: Vec<(OsString, OsString)>, combine: bool) -> Result<FunctionProcess, SpawnError> {
+    pub fn spawn(
+        argv: &[String],
+        env: Vec<(OsString, OsString)>,
+        combine: bool,
+        registry: &Arc<ChildRegistry>,
+    ) -> Result<FunctionProcess, SpawnError> {
         let (program, args) = argv.split_first().ok_or_else(|| SpawnError("exec: no command".into()))?;
         let describe = |e: std::io::Error| SpawnError(describe_spawn_error(program, &e));
         let (out_reader, out_writer) = std::io::pipe().map_err(describe)?;
@@ -53,7 +62,11 @@ impl FunctionProcess {
             .stdout(Stdio::from(out_writer))
             .stderr(stderr)
             .process_group(0);
-        let spawned = command.spawn();
+        let spawned = registry.spawn(|| {
+            let child = command.spawn()?;
+            let pid = child.id().expect("a just-spawned child has a pid") as i32;
+            Ok((child, pid))
+        });
         // The command holds our copies of the pipes' write ends: close them now, or EOF never comes.
         drop(command);
         let mut child = spawned.map_err(describe)?;
@@ -61,7 +74,15 @@ impl FunctionProcess {
         let receiver = |r: std::io::PipeReader| pipe::Receiver::from_owned_fd(OwnedFd::from(r));
         let output = receiver(out_reader).map_err(describe)?;
         let stderr = err_reader.map(receiver).transpose().map_err(describe)?;
-        Ok(FunctionProcess { stdin: child.stdin.take(), child, group, output: Some(output), stderr, reaped: false })
+        Ok(FunctionProcess {
+            stdin: child.stdin.take(),
+            child,
+            group,
+            output: Some(output),
+            stderr,
+            reaped: false,
+            registry: Arc::clone(registry),
+        })
     }
 
     /// Sends `signal` to the whole process group. Only called before the leader is reaped, so the group id
@@ -96,6 +117,7 @@ impl Drop for FunctionProcess {
         // A request abandoned mid-run (its task cancelled) must not leave its processes behind. tokio's
         // orphan queue reaps the leader after this, so no zombie is left either.
         self.signal_group(Signal::SIGKILL);
+        self.registry.forget(self.group.as_raw());
     }
 }
 
@@ -202,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
-        let err = FunctionProcess::spawn(&["/definitely/not/here".into()], vec![], true).err().unwrap();
+        let err = FunctionProcess::spawn(&["/definitely/not/here".into()], vec![], true, &Arc::default()).err().unwrap();
         assert_eq!(err.0, "fork/exec /definitely/not/here: no such file or directory");
     }
 
@@ -210,7 +232,7 @@ mod tests {
     async fn combined_output_shares_one_pipe() {
         use tokio::io::AsyncReadExt;
         let argv: Vec<String> = ["sh", "-c", "echo out; echo err >&2; echo out2"].iter().map(|s| s.to_string()).collect();
-        let mut p = FunctionProcess::spawn(&argv, vec![], true).unwrap();
+        let mut p = FunctionProcess::spawn(&argv, vec![], true, &Arc::default()).unwrap();
         drop(p.stdin.take());
         let mut text = String::new();
         p.output.take().unwrap().read_to_string(&mut text).await.unwrap();
