@@ -5,7 +5,7 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use http_body::Frame;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
 
-use crate::backend::spill::Output;
+use crate::backend::spill::{FileChunks, Output};
 
 /// Any error from a request body (a client reset, a protocol error).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,8 +37,8 @@ pub fn from_output(prefix: Option<Bytes>, output: Output) -> ResponseBody {
             let rest = stream::iter((!data.is_empty()).then(|| Ok(Frame::data(data))));
             StreamBody::new(head.chain(rest)).boxed_unsync()
         }
-        Output::File { file, .. } => {
-            let rest = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).map_ok(Frame::data);
+        Output::File { file, len, .. } => {
+            let rest = stream::iter(FileChunks::new(file, len)).map_ok(Frame::data);
             StreamBody::new(head.chain(rest)).boxed_unsync()
         }
     }

@@ -167,7 +167,8 @@ mod tests {
         assert_eq!(env.content_length, -1);
         assert!(env.header("host").is_none());
         assert!(env.header("transfer-encoding").is_none());
-        let values: Vec<_> = env.headers.iter().filter(|h| h.name == "custom-header").map(|h| h.value.clone()).collect();
+        let values: Vec<_> =
+            env.headers.iter().filter(|h| h.name == "custom-header").map(|h| h.value.clone()).collect();
         assert_eq!(values, vec![&b"v1"[..], &b"v2"[..]]);
     }
 

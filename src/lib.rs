@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, ForkBackend};
 use crate::config::{format_go_duration, Config, Mode};
+use crate::ingress::conn::CappedReads;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::reaper::ChildRegistry;
@@ -106,7 +107,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let metrics = Arc::new(Metrics::new());
     let children = Arc::new(ChildRegistry::new(std::process::id() == 1));
     let reaper = children.is_active().then(|| tokio::spawn(reaper::reap_orphans(Arc::clone(&children))));
-    let _stop_reaper = reaper.map(|task| AbortOnDrop(task));
+    let _stop_reaper = reaper.map(AbortOnDrop);
     let backend = match config.mode {
         Mode::Classic | Mode::Streaming | Mode::Serializing => {
             Backend::Fork(Arc::new(ForkBackend::new(&config, lifecycle.terminate.clone(), Arc::clone(&children))))
@@ -181,10 +182,7 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
         .header_read_timeout((!config.read_timeout.is_zero()).then_some(config.read_timeout));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
 }
 
@@ -211,7 +209,7 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let ingress = Arc::clone(&ingress);
         let service = hyper::service::service_fn(move |req| Arc::clone(&ingress).handle(req));
-        let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = server.serve_connection_with_upgrades(TokioIo::new(CappedReads(stream)), service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             let _ = connection.await;

@@ -2,7 +2,10 @@
 //! non-blocking buffered writer so that logging never waits on the request path.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -12,24 +15,156 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 
-/// Keeps the log writer's worker alive; logs are flushed when it is dropped.
-pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
-
-/// Installs the global subscriber writing to stderr. `prefix_logs=false` prints function lines bare.
+/// Installs the global subscriber writing to stderr through a [`BufferedStderr`]. `prefix_logs=false` prints
+/// function lines bare. Logs are flushed when the returned guard is dropped.
 pub fn init(format: LogFormat, prefix_logs: bool) -> LogGuard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // Bounded: function lines can be up to log_buffer_size long, and a flood must not queue gigabytes.
-        .buffered_lines_limit(256)
-        .finish(std::io::stderr());
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let writer = BufferedStderr::start();
+    let guard = LogGuard(Some(writer.clone()));
+    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Text => builder.event_format(GoLogFormat { prefix_logs }).init(),
     }
     guard
+}
+
+/// Flushes and stops the log writer when dropped.
+pub struct LogGuard(Option<BufferedStderr>);
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.take() {
+            writer.shut_down();
+        }
+    }
+}
+
+/// Log bytes waiting for the writer thread; flushed when this much is pending.
+const FLUSH_AT: usize = 64 * 1024;
+/// Loggers wait (rather than grow memory) past this much pending output.
+const PENDING_CAP: usize = 4 * 1024 * 1024;
+/// Longest a line waits in the buffer.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// A buffered stderr: logging appends to a shared buffer under a lock, and one thread writes it out every
+/// [`FLUSH_EVERY`] or once [`FLUSH_AT`] bytes are pending. Unlike a channel per line, a busy server pays no
+/// thread wake-up per log line, and a flood of function output is held back instead of queued without bound.
+#[derive(Clone)]
+pub struct BufferedStderr {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<Pending>,
+    /// Signals the writer thread: enough is pending, or shutting down.
+    wake_writer: Condvar,
+    /// Signals loggers waiting for room.
+    room: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+impl BufferedStderr {
+    /// Starts the writer thread.
+    pub fn start() -> BufferedStderr {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Pending::default()),
+            wake_writer: Condvar::new(),
+            room: Condvar::new(),
+            thread: Mutex::new(None),
+        });
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || write_out(&worker))
+            .expect("starting the log writer thread");
+        *lock(&shared.thread) = Some(thread);
+        BufferedStderr { shared }
+    }
+
+    fn append(&self, data: &[u8]) {
+        let mut state = lock(&self.shared.state);
+        while state.bytes.len() >= PENDING_CAP && !state.closed {
+            self.shared.wake_writer.notify_one();
+            state = self.shared.room.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.closed {
+            drop(state);
+            let _ = std::io::stderr().write_all(data);
+            return;
+        }
+        state.bytes.extend_from_slice(data);
+        if state.bytes.len() >= FLUSH_AT {
+            self.shared.wake_writer.notify_one();
+        }
+    }
+
+    fn shut_down(&self) {
+        lock(&self.shared.state).closed = true;
+        self.shared.wake_writer.notify_one();
+        if let Some(thread) = lock(&self.shared.thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_out(shared: &Shared) {
+    let mut stderr = std::io::stderr();
+    let mut batch = Vec::new();
+    loop {
+        let closed = {
+            let mut state = lock(&shared.state);
+            if state.bytes.len() < FLUSH_AT && !state.closed {
+                state = shared.wake_writer.wait_timeout(state, FLUSH_EVERY).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            std::mem::swap(&mut batch, &mut state.bytes);
+            state.closed
+        };
+        shared.room.notify_all();
+        if !batch.is_empty() {
+            let _ = stderr.write_all(&batch);
+            batch.clear();
+            if batch.capacity() > PENDING_CAP {
+                batch = Vec::new();
+            }
+        }
+        if closed {
+            let rest = std::mem::take(&mut lock(&shared.state).bytes);
+            let _ = stderr.write_all(&rest);
+            return;
+        }
+    }
+}
+
+/// One event's bytes for [`BufferedStderr`]: tracing formats an event whole, then writes it here.
+pub struct EventWriter<'a>(&'a BufferedStderr);
+
+impl Write for EventWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.append(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStderr {
+    type Writer = EventWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EventWriter(self)
+    }
 }
 
 /// `2026/11/26 02:07:14 message key=value`, like Go's `log` package; function output as `stderr: line`.

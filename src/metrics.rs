@@ -85,7 +85,11 @@ impl Metrics {
         registry.register("http_requests", "total HTTP requests processed", requests.clone());
         registry.register("http_request_duration_seconds", "Seconds spent serving HTTP requests", duration.clone());
         registry.register("http_requests_in_flight", "total HTTP requests in-flight", in_flight.clone());
-        registry.register("watchdog_invocations", "Function invocations by protocol and status code", invocations.clone());
+        registry.register(
+            "watchdog_invocations",
+            "Function invocations by protocol and status code",
+            invocations.clone(),
+        );
         registry.register(
             "watchdog_invocation_duration_seconds",
             "Seconds spent on function invocations by protocol",

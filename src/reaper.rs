@@ -61,7 +61,9 @@ fn lock(children: &Mutex<HashMap<i32, usize>>) -> MutexGuard<'_, HashMap<i32, us
 /// Reaps zombies re-parented to this process that are not in `registry`, on every SIGCHLD (and every second,
 /// in case signals were merged). Runs until the runtime stops.
 pub async fn reap_orphans(registry: Arc<ChildRegistry>) {
-    let Some(children) = &registry.children else { return };
+    let Some(children) = &registry.children else {
+        return;
+    };
     let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
         Ok(signal) => signal,
         Err(e) => {
@@ -87,14 +89,20 @@ pub async fn reap_orphans(registry: Arc<ChildRegistry>) {
 
 /// Pids of zombie processes whose parent is `parent`, from /proc.
 fn zombie_children(parent: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
             // Format: pid (comm) state ppid ...; comm may contain spaces and parentheses.
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return false };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                return false;
+            };
             let mut fields = rest.split(' ');
             fields.next() == Some("Z") && fields.next().and_then(|p| p.parse::<i32>().ok()) == Some(parent)
         })

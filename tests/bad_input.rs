@@ -177,9 +177,11 @@ async fn a_flood_of_stderr_to_the_log_does_not_grow_memory() {
     let tmp = tempfile::tempdir().unwrap();
     // 256 MiB of stderr without a newline: logged in log_buffer_size pieces.
     let f = script(tmp.path(), "f.sh", "head -c 268435456 /dev/zero | tr '\\0' 'e' >&2; echo ok");
-    let binary =
-        Binary::start_in(tmp, &[("fprocess", f.to_str().unwrap()), ("combine_output", "false"), ("log_buffer_size", "4096")])
-            .await;
+    let binary = Binary::start_in(
+        tmp,
+        &[("fprocess", f.to_str().unwrap()), ("combine_output", "false"), ("log_buffer_size", "4096")],
+    )
+    .await;
     client().post(binary.url("/")).body("warm").send().await.unwrap().bytes().await.unwrap();
     assert_peak_growth_below(&binary, 16, async {
         let resp = client().post(binary.url("/")).send().await.unwrap();

@@ -224,12 +224,16 @@ async fn ready_path_asks_the_function() {
 async fn content_type_rules() {
     let server = Server::start(&[("fprocess", "cat")]).await;
     // The request's type is echoed.
-    let resp = client().post(server.url("/")).header("content-type", "application/json").body("{}").send().await.unwrap();
+    let resp =
+        client().post(server.url("/")).header("content-type", "application/json").body("{}").send().await.unwrap();
     assert_eq!(resp.headers()["content-type"], "application/json");
     // None given: sniffed like Go's net/http.
-    let resp = raw(server.addr, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").await;
+    let resp =
+        raw(server.addr, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").await;
     assert_eq!(resp.header("content-type"), Some("text/plain; charset=utf-8"));
-    let resp = raw(server.addr, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\n\x00\x01\x02").await;
+    let resp =
+        raw(server.addr, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\n\x00\x01\x02")
+            .await;
     assert_eq!(resp.header("content-type"), Some("application/octet-stream"));
     // Empty output: no Content-Type at all.
     let resp = raw(server.addr, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
@@ -238,7 +242,8 @@ async fn content_type_rules() {
     server.stop().await;
 
     let server = Server::start(&[("fprocess", "cat"), ("content_type", "text/csv")]).await;
-    let resp = client().post(server.url("/")).header("content-type", "application/json").body("a,b").send().await.unwrap();
+    let resp =
+        client().post(server.url("/")).header("content-type", "application/json").body("a,b").send().await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/csv");
     server.stop().await;
 }
@@ -320,7 +325,11 @@ async fn function_killed_by_a_signal_names_it() {
 async fn large_output_spills_and_comes_back_whole() {
     // 3 MiB of output (past the in-memory threshold) with a known pattern.
     let tmp = tempfile::tempdir().unwrap();
-    let f = script(tmp.path(), "f.sh", "i=0; while [ $i -lt 3 ]; do head -c 1048576 /dev/zero | tr '\\0' \"$i\"; i=$((i+1)); done");
+    let f = script(
+        tmp.path(),
+        "f.sh",
+        "i=0; while [ $i -lt 3 ]; do head -c 1048576 /dev/zero | tr '\\0' \"$i\"; i=$((i+1)); done",
+    );
     let server = Server::start_in(tmp, &[("fprocess", f.to_str().unwrap())]).await;
     let resp = post(&server, "/", "").await;
     assert_eq!(resp.status(), 200);

@@ -393,7 +393,9 @@ async fn feed_stdin(
         };
         let Some(frame) = next else { break };
         let frame = frame.map_err(|e| InvokeError::BodyRead(e.to_string()))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         received += data.len() as u64;
         if limits.max_bytes > 0 && received > limits.max_bytes {
             return Err(InvokeError::BodyTooLarge { limit: limits.max_bytes });
@@ -442,7 +444,7 @@ async fn collect_output(mut output: pipe::Receiver, tmp_dir: PathBuf, write_debu
         if write_debug {
             tracing::info!(target: "function", stream = "stdout", "{}", String::from_utf8_lossy(&buf[..n]));
         }
-        spill.write(&buf[..n]).await?;
+        spill.write(&buf[..n])?;
     }
-    spill.finish().await
+    spill.finish()
 }

@@ -207,7 +207,10 @@ mod tests {
         assert_eq!(describe_exit(ExitStatus::from_raw(1 << 8)).as_deref(), Some("exit status 1"));
         assert_eq!(describe_exit(ExitStatus::from_raw(9)).as_deref(), Some("signal: killed"));
         assert_eq!(describe_exit(ExitStatus::from_raw(15)).as_deref(), Some("signal: terminated"));
-        assert_eq!(describe_exit(ExitStatus::from_raw(11 | 0x80)).as_deref(), Some("signal: segmentation fault (core dumped)"));
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(11 | 0x80)).as_deref(),
+            Some("signal: segmentation fault (core dumped)")
+        );
     }
 
     #[test]
@@ -224,14 +227,16 @@ mod tests {
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
-        let err = FunctionProcess::spawn(&["/definitely/not/here".into()], vec![], true, &Arc::default()).err().unwrap();
+        let err =
+            FunctionProcess::spawn(&["/definitely/not/here".into()], vec![], true, &Arc::default()).err().unwrap();
         assert_eq!(err.0, "fork/exec /definitely/not/here: no such file or directory");
     }
 
     #[tokio::test]
     async fn combined_output_shares_one_pipe() {
         use tokio::io::AsyncReadExt;
-        let argv: Vec<String> = ["sh", "-c", "echo out; echo err >&2; echo out2"].iter().map(|s| s.to_string()).collect();
+        let argv: Vec<String> =
+            ["sh", "-c", "echo out; echo err >&2; echo out2"].iter().map(|s| s.to_string()).collect();
         let mut p = FunctionProcess::spawn(&argv, vec![], true, &Arc::default()).unwrap();
         drop(p.stdin.take());
         let mut text = String::new();

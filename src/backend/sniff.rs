@@ -9,8 +9,23 @@ pub fn detect_content_type(data: &[u8]) -> &'static str {
         &data[start..]
     };
     const HTML_TAGS: &[&[u8]] = &[
-        b"<!DOCTYPE HTML", b"<HTML", b"<HEAD", b"<SCRIPT", b"<IFRAME", b"<H1", b"<DIV", b"<FONT", b"<TABLE", b"<A",
-        b"<STYLE", b"<TITLE", b"<B", b"<BODY", b"<BR", b"<P", b"<!--",
+        b"<!DOCTYPE HTML",
+        b"<HTML",
+        b"<HEAD",
+        b"<SCRIPT",
+        b"<IFRAME",
+        b"<H1",
+        b"<DIV",
+        b"<FONT",
+        b"<TABLE",
+        b"<A",
+        b"<STYLE",
+        b"<TITLE",
+        b"<B",
+        b"<BODY",
+        b"<BR",
+        b"<P",
+        b"<!--",
     ];
     for tag in HTML_TAGS {
         if trimmed.len() > tag.len()
@@ -65,7 +80,8 @@ pub fn detect_content_type(data: &[u8]) -> &'static str {
     if data.len() >= 12 && &data[4..8] == b"ftyp" && data[8..11] == *b"mp4" {
         return "video/mp4";
     }
-    let binary = data.iter().any(|&b| b <= 0x08 || b == 0x0B || (0x0E..=0x1A).contains(&b) || (0x1C..=0x1F).contains(&b));
+    let binary =
+        data.iter().any(|&b| b <= 0x08 || b == 0x0B || (0x0E..=0x1A).contains(&b) || (0x1C..=0x1F).contains(&b));
     if binary {
         "application/octet-stream"
     } else {

@@ -181,27 +181,87 @@ pub struct VariableDoc {
 
 /// Every variable we read, with its default and meaning; `--help` prints this table.
 pub const VARIABLES: &[VariableDoc] = &[
-    VariableDoc { name: "fprocess", default: "(none)", meaning: "the function's command line, split on single spaces, no shell" },
+    VariableDoc {
+        name: "fprocess",
+        default: "(none)",
+        meaning: "the function's command line, split on single spaces, no shell",
+    },
     VariableDoc { name: "function_process", default: "(none)", meaning: "same as fprocess; wins when both are set" },
     VariableDoc { name: "mode", default: "classic", meaning: "classic | streaming | serializing | http | static" },
-    VariableDoc { name: "port", default: "$PORT, else 8080", meaning: "TCP port for HTTP, HTTP/2 and gRPC (dual-stack)" },
-    VariableDoc { name: "read_timeout", default: "30s", meaning: "limit on reading a request (seconds or Go duration; 0: none)" },
-    VariableDoc { name: "write_timeout", default: "30s", meaning: "limit on answering a request; also the SIGTERM drain limit" },
-    VariableDoc { name: "exec_timeout", default: "0 classic, 30s other modes", meaning: "limit on one function run; the process group is killed (0: none)" },
-    VariableDoc { name: "healthcheck_interval", default: "write_timeout", meaning: "wait after SIGTERM before new requests are refused" },
+    VariableDoc {
+        name: "port",
+        default: "$PORT, else 8080",
+        meaning: "TCP port for HTTP, HTTP/2 and gRPC (dual-stack)",
+    },
+    VariableDoc {
+        name: "read_timeout",
+        default: "30s",
+        meaning: "limit on reading a request (seconds or Go duration; 0: none)",
+    },
+    VariableDoc {
+        name: "write_timeout",
+        default: "30s",
+        meaning: "limit on answering a request; also the SIGTERM drain limit",
+    },
+    VariableDoc {
+        name: "exec_timeout",
+        default: "0 classic, 30s other modes",
+        meaning: "limit on one function run; the process group is killed (0: none)",
+    },
+    VariableDoc {
+        name: "healthcheck_interval",
+        default: "write_timeout",
+        meaning: "wait after SIGTERM before new requests are refused",
+    },
     VariableDoc { name: "write_debug", default: "false", meaning: "copy function output to the log" },
-    VariableDoc { name: "cgi_headers", default: "true", meaning: "pass request headers as Http_* environment variables" },
-    VariableDoc { name: "combine_output", default: "true", meaning: "classic: stderr joins stdout in the response (else it is logged)" },
-    VariableDoc { name: "marshal_request", default: "false", meaning: "classic: stdin is a JSON object with the headers and the base64 body" },
+    VariableDoc {
+        name: "cgi_headers",
+        default: "true",
+        meaning: "pass request headers as Http_* environment variables",
+    },
+    VariableDoc {
+        name: "combine_output",
+        default: "true",
+        meaning: "classic: stderr joins stdout in the response (else it is logged)",
+    },
+    VariableDoc {
+        name: "marshal_request",
+        default: "false",
+        meaning: "classic: stdin is a JSON object with the headers and the base64 body",
+    },
     VariableDoc { name: "debug_headers", default: "false", meaning: "print request and response headers" },
     VariableDoc { name: "suppress_lock", default: "false", meaning: "do not write the lock file $TMPDIR/.lock" },
-    VariableDoc { name: "content_type", default: "request's type classic, application/octet-stream other modes", meaning: "Content-Type of every response" },
-    VariableDoc { name: "max_inflight", default: "0", meaning: "most concurrent requests; beyond it 429 (0: no limit)" },
-    VariableDoc { name: "upstream_url", default: "(none)", meaning: "http mode: reverse-proxy to this HTTP server (alias http_upstream_url)" },
-    VariableDoc { name: "ready_path", default: "(none)", meaning: "/_/ready also asks the function for GET <ready_path>" },
+    VariableDoc {
+        name: "content_type",
+        default: "request's type classic, application/octet-stream other modes",
+        meaning: "Content-Type of every response",
+    },
+    VariableDoc {
+        name: "max_inflight",
+        default: "0",
+        meaning: "most concurrent requests; beyond it 429 (0: no limit)",
+    },
+    VariableDoc {
+        name: "upstream_url",
+        default: "(none)",
+        meaning: "http mode: reverse-proxy to this HTTP server (alias http_upstream_url)",
+    },
+    VariableDoc {
+        name: "ready_path",
+        default: "(none)",
+        meaning: "/_/ready also asks the function for GET <ready_path>",
+    },
     VariableDoc { name: "prefix_logs", default: "true", meaning: "prefix function log lines with the stream name" },
-    VariableDoc { name: "log_buffer_size", default: "65536", meaning: "longest function log line kept whole, in bytes" },
-    VariableDoc { name: "buffer_http", default: "false", meaning: "http mode: buffer the request body before proxying (alias http_buffer_req_body)" },
+    VariableDoc {
+        name: "log_buffer_size",
+        default: "65536",
+        meaning: "longest function log line kept whole, in bytes",
+    },
+    VariableDoc {
+        name: "buffer_http",
+        default: "false",
+        meaning: "http mode: buffer the request body before proxying (alias http_buffer_req_body)",
+    },
     VariableDoc { name: "static_path", default: "/home/app/public", meaning: "static mode: directory to serve" },
     VariableDoc { name: "metrics_port", default: "8081", meaning: "port of GET /metrics (0: disabled)" },
     VariableDoc { name: "workers", default: "1", meaning: "http mode: number of function processes" },
@@ -210,8 +270,16 @@ pub const VARIABLES: &[VariableDoc] = &[
     VariableDoc { name: "ce_reply_source", default: "/fwatchdog", meaning: "source of reply events" },
     VariableDoc { name: "ce_reply_type", default: "request type + .reply", meaning: "type of reply events" },
     VariableDoc { name: "log_format", default: "text", meaning: "text | json" },
-    VariableDoc { name: "grpc_descriptor_set", default: "(none)", meaning: "FileDescriptorSet whose services appear in gRPC reflection" },
-    VariableDoc { name: "grpc_max_message_bytes", default: "4194304", meaning: "largest gRPC message in either direction" },
+    VariableDoc {
+        name: "grpc_descriptor_set",
+        default: "(none)",
+        meaning: "FileDescriptorSet whose services appear in gRPC reflection",
+    },
+    VariableDoc {
+        name: "grpc_max_message_bytes",
+        default: "4194304",
+        meaning: "largest gRPC message in either direction",
+    },
     VariableDoc { name: "TMPDIR", default: "/tmp", meaning: "directory of the lock file and of spilled output" },
 ];
 
@@ -246,10 +314,7 @@ impl Reader<'_> {
     }
 
     fn warn(&mut self, variable: &'static str, value: &str, fallback: impl fmt::Display) {
-        self.warnings.push(Warning {
-            variable,
-            message: format!("cannot parse {value:?}, using {fallback}"),
-        });
+        self.warnings.push(Warning { variable, message: format!("cannot parse {value:?}, using {fallback}") });
     }
 
     fn duration(&mut self, key: &'static str, fallback: Duration) -> Duration {
@@ -368,9 +433,8 @@ impl Config {
 
         let process_line = r.get("function_process").or_else(|| r.get("fprocess"));
         // Split on single spaces with no shell, as strings.Split(fprocess, " ") does: "a  b" has an empty argument.
-        let fprocess: Vec<String> = process_line
-            .map(|line| line.split(' ').map(str::to_string).collect())
-            .unwrap_or_default();
+        let fprocess: Vec<String> =
+            process_line.map(|line| line.split(' ').map(str::to_string).collect()).unwrap_or_default();
 
         let upstream_url = r.get("http_upstream_url").or_else(|| r.get("upstream_url"));
         // http mode starts (and restarts) the upstream server too, so only static mode runs without a process.

@@ -76,23 +76,15 @@ fn function_process_wins_over_fprocess() {
 fn upstream_url_aliases() {
     let (c, _) = parse(&[("fprocess", "x"), ("mode", "http"), ("upstream_url", "http://127.0.0.1:3000")]);
     assert_eq!(c.upstream_url.as_deref(), Some("http://127.0.0.1:3000"));
-    let (c, _) = parse(&[
-        ("fprocess", "x"),
-        ("mode", "http"),
-        ("upstream_url", "http://a"),
-        ("http_upstream_url", "http://b"),
-    ]);
+    let (c, _) =
+        parse(&[("fprocess", "x"), ("mode", "http"), ("upstream_url", "http://a"), ("http_upstream_url", "http://b")]);
     assert_eq!(c.upstream_url.as_deref(), Some("http://b"));
 }
 
 #[test]
 fn durations_follow_the_int_or_go_duration_rule() {
-    let (c, w) = parse(&[
-        ("fprocess", "cat"),
-        ("read_timeout", "5"),
-        ("write_timeout", "1m30s"),
-        ("exec_timeout", "100ms"),
-    ]);
+    let (c, w) =
+        parse(&[("fprocess", "cat"), ("read_timeout", "5"), ("write_timeout", "1m30s"), ("exec_timeout", "100ms")]);
     assert!(w.is_empty());
     assert_eq!(c.read_timeout, Duration::from_secs(5));
     assert_eq!(c.write_timeout, Duration::from_secs(90));
@@ -121,7 +113,15 @@ fn invalid_classic_values_fall_back_with_a_warning() {
     assert_eq!(c.max_inflight, 0);
     assert_eq!(c.port, 8080);
     assert_eq!(c.log_buffer_size, 65536);
-    for var in ["read_timeout", "write_timeout", "exec_timeout", "healthcheck_interval", "max_inflight", "port", "log_buffer_size"] {
+    for var in [
+        "read_timeout",
+        "write_timeout",
+        "exec_timeout",
+        "healthcheck_interval",
+        "max_inflight",
+        "port",
+        "log_buffer_size",
+    ] {
         assert!(warned(&w, var), "no warning for {var}: {w:?}");
     }
 }

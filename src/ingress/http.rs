@@ -28,7 +28,11 @@ pub async fn invoke(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
     let envelope = envelope::from_http(&parts, content_length, ingress.backend.timeout())?;
     if config.debug_headers {
         for h in &envelope.headers {
-            tracing::info!("[in] {}=[{}]", crate::backend::cgi::canonical_header_key(&h.name), String::from_utf8_lossy(&h.value));
+            tracing::info!(
+                "[in] {}=[{}]",
+                crate::backend::cgi::canonical_header_key(&h.name),
+                String::from_utf8_lossy(&h.value)
+            );
         }
     }
     let limits = BodyLimits {

@@ -2,6 +2,7 @@
 //! concurrency limit, and hands everything else to a protocol module that turns it into an envelope for the
 //! backend: plain HTTP today; gRPC and CloudEvents plug in here as sibling modules.
 
+pub mod conn;
 mod http;
 mod probe;
 
@@ -48,10 +49,8 @@ impl Ingress {
         let start = Instant::now();
         let method = req.method().clone();
         let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-        let quiet = req
-            .headers()
-            .get(::http::header::USER_AGENT)
-            .is_some_and(|ua| ua.as_bytes().starts_with(b"kube-probe"));
+        let quiet =
+            req.headers().get(::http::header::USER_AGENT).is_some_and(|ua| ua.as_bytes().starts_with(b"kube-probe"));
         self.metrics.in_flight.inc();
 
         let slot = self.limiter.acquire();

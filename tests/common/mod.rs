@@ -177,8 +177,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = find(data, b"\r\n") else { break };
+    while let Some(line_end) = find(data, b"\r\n") {
         let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
         if size == 0 {
             break;
@@ -297,9 +296,15 @@ pub fn proc_status_kb(pid: i32, field: &str) -> u64 {
 pub fn processes() -> Vec<(i32, char, i32, i32)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
         let state = fields[0].chars().next().unwrap_or('?');
         out.push((pid, state, fields[1].parse().unwrap_or(0), fields[2].parse().unwrap_or(0)));

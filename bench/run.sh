@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# Benchmark fwatchdog (classic and streaming, fprocess=cat) against a plain
+# hyper echo server and against the raw cost of spawning `cat`.
+# See bench/README.md. Knobs: DURATION, ROUNDS, CONNECTIONS, THREADS, KEEP_TMP.
+set -euo pipefail
+export LC_ALL=C
+
+DURATION=${DURATION:-10}       # seconds per wrk run
+ROUNDS=${ROUNDS:-3}            # sandwiched rounds per case and body
+CONNECTIONS=${CONNECTIONS:-32} # wrk -c
+THREADS=${THREADS:-2}          # wrk -t
+KEEP_TMP=${KEEP_TMP:-0}        # 1: keep the temp dir (logs, wrk output)
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+BIN=$ROOT/target/release
+CASES=(classic streaming)
+BODIES=(13B 1MiB)
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '%s\n' "$*" >&2; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- clean-up
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ngwd-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $KEEP_TMP == 1 ]]; then
+        log "temp dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- setup
+if ! command -v wrk >/dev/null; then
+    log "installing wrk"
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+command -v curl >/dev/null || die "curl is required"
+
+log "building (cargo build --release)"
+(cd "$ROOT" && cargo build --release --bin fwatchdog --example echo_server --example spawn_floor)
+
+printf 'Hello, world!' >"$WORK/body-13B"
+head -c $((1024 * 1024)) /dev/urandom >"$WORK/body-1MiB"
+
+# ---------------------------------------------------------------- helpers
+median() { # numbers as arguments
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+        END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2];
+              else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+max() { printf '%s\n' "$@" | sort -g | tail -n 1; }
+calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
+
+port_busy() { { : >&3; } 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1"; }
+free_port() { # free_port [PORT_TO_AVOID]
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 30000))
+        [[ $p == "${1:-}" ]] && continue
+        port_busy "$p" || { echo "$p"; return; }
+    done
+}
+
+# 0 when GET $2 on port $1 answers 200; no fork, so the poll loop is tight.
+probe() {
+    local line=
+    { printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3 &&
+        IFS= read -r -t 2 line <&3; } 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+    [[ $line == "HTTP/1."?" 200"* ]]
+}
+
+# 0 while process $1 runs (an exited child stays a zombie, state Z, until waited for); no fork
+proc_alive() {
+    local s
+    IFS= read -r s 2>/dev/null <"/proc/$1/stat" || return 1
+    s=${s##*) }
+    [[ ${s:0:1} != [ZX] ]]
+}
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+cpu_ticks() { # utime + stime of the process itself (children not included)
+    local s
+    s=$(<"/proc/$1/stat")
+    s=${s##*) }
+    local -a f
+    read -r -a f <<<"$s"
+    echo $((f[11] + f[12]))
+}
+
+# start_server CASE: sets SRV_PID, SRV_PORT, SRV_STARTUP_MS, SRV_IDLE_KB
+start_server() {
+    local case=$1 path=/_/health t0 t1 deadline
+    SRV_PORT=$(free_port)
+    case $case in
+    baseline)
+        path=/
+        t0=${EPOCHREALTIME/./}
+        "$BIN/examples/echo_server" "$SRV_PORT" 2>>"$WORK/baseline.log" &
+        ;;
+    classic | streaming)
+        local tmp=$WORK/tmp-$case-$SRV_PORT
+        mkdir -p "$tmp"
+        # A clean environment: only what the case sets (mode unset means classic; write_timeout unset).
+        local -a envs=(PATH="$PATH" fprocess=cat port="$SRV_PORT" metrics_port="$(free_port "$SRV_PORT")"
+            TMPDIR="$tmp" healthcheck_interval=0)
+        [[ $case == streaming ]] && envs+=(mode=streaming)
+        t0=${EPOCHREALTIME/./}
+        env -i "${envs[@]}" "$BIN/fwatchdog" 2>>"$WORK/$case.log" &
+        ;;
+    *) die "unknown case $case" ;;
+    esac
+    SRV_PID=$!
+    PIDS+=("$SRV_PID")
+    deadline=$((t0 + 15000000))
+    until probe "$SRV_PORT" "$path"; do
+        proc_alive "$SRV_PID" || die "$case exited during start-up (see $WORK/$case.log)"
+        ((${EPOCHREALTIME/./} < deadline)) || die "$case not ready after 15 s"
+    done
+    t1=${EPOCHREALTIME/./}
+    SRV_STARTUP_MS=$(calc "($t1 - $t0) / 1000" 1)
+    sleep 0.2
+    SRV_IDLE_KB=$(status_kb "$SRV_PID" VmRSS)
+}
+
+stop_server() {
+    local i
+    kill -TERM "$SRV_PID" 2>/dev/null || true
+    for i in $(seq 100); do
+        proc_alive "$SRV_PID" || break
+        sleep 0.05
+    done
+    kill -KILL "$SRV_PID" 2>/dev/null || true
+    wait "$SRV_PID" 2>/dev/null || true
+    local -a keep=()
+    for i in "${PIDS[@]}"; do
+        [[ $i == "$SRV_PID" ]] || keep+=("$i")
+    done
+    PIDS=("${keep[@]}")
+}
+
+# The server must echo both bodies byte for byte before it is measured.
+check_echo() {
+    local body
+    for body in "${BODIES[@]}"; do
+        curl -sf -o "$WORK/echo-out" -H 'Content-Type: application/octet-stream' \
+            --data-binary "@$WORK/body-$body" "http://127.0.0.1:$SRV_PORT/" ||
+            die "$1: POST $body failed"
+        cmp -s "$WORK/echo-out" "$WORK/body-$body" || die "$1: POST $body not echoed"
+    done
+}
+
+# Results: R_<metric>[case|body] is a space-separated list, one value per run.
+declare -A R_RPS R_P50 R_P99 R_HWM R_CPU R_RATIO R_STARTUP R_IDLE
+add() { # add ARRAY KEY VALUE
+    local -n a=$1
+    a[$2]="${a[$2]:-} $3"
+}
+
+RUN_N=0 TOTAL_NON2XX=0 TOTAL_SOCKERR=0 LOG_ODD=0
+# run CASE BODY: one server, one wrk run; sets LAST_RPS
+run() {
+    local case=$1 body=$2 out c0 c1
+    RUN_N=$((RUN_N + 1))
+    out=$WORK/wrk-$RUN_N-$case-$body.txt
+    start_server "$case"
+    check_echo "$case"
+    add R_STARTUP "$case" "$SRV_STARTUP_MS"
+    add R_IDLE "$case" "$SRV_IDLE_KB"
+    c0=$(cpu_ticks "$SRV_PID")
+    BODY_FILE=$WORK/body-$body wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" \
+        --latency -s "$BENCH/post.lua" "http://127.0.0.1:$SRV_PORT/" >"$out" 2>&1 ||
+        die "wrk failed: $(cat "$out")"
+    c1=$(cpu_ticks "$SRV_PID")
+    local hwm
+    hwm=$(status_kb "$SRV_PID" VmHWM)
+    stop_server
+
+    local rps p50 p99 reqs non2xx sockerr
+    read -r rps p50 p99 reqs non2xx sockerr < <(awk '
+        function ms(v) {
+            if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+            if (v ~ /m$/) return substr(v, 1, length(v) - 1) * 60000
+            if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
+            return v + 0
+        }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        / requests in / { reqs = $1 }
+        /Non-2xx or 3xx responses:/ { bad = $NF }
+        /Socket errors:/ { gsub(",", ""); err = $4 + $6 + $8 + $10 }
+        /^Requests\/sec:/ { rps = $2 }
+        END { print rps + 0, p50 + 0, p99 + 0, reqs + 0, bad + 0, err + 0 }' "$out")
+
+    local cpu_us=nan
+    ((reqs > 0)) && cpu_us=$(calc "($c1 - $c0) * 1000000 / $CLK_TCK / $reqs" 1)
+    printf '  %-9s %-5s %10.1f rps  p50 %7.2f ms  p99 %8.2f ms  peak %6.1f MiB  cpu %7s us/req  non-2xx %s  socket errors %s\n' \
+        "$case" "$body" "$rps" "$p50" "$p99" "$(calc "$hwm / 1024" 1)" "$cpu_us" "$non2xx" "$sockerr" >&2
+    TOTAL_NON2XX=$((TOTAL_NON2XX + non2xx))
+    TOTAL_SOCKERR=$((TOTAL_SOCKERR + sockerr))
+    ((non2xx == 0)) || warn "$case $body: $non2xx non-2xx responses (see $out)"
+    ((sockerr == 0)) || warn "$case $body: $sockerr socket errors (see $out)"
+    ((reqs > 0)) || warn "$case $body: no request completed"
+
+    local k="$case|$body"
+    add R_RPS "$k" "$rps"
+    add R_P50 "$k" "$p50"
+    add R_P99 "$k" "$p99"
+    add R_HWM "$k" "$hwm"
+    add R_CPU "$k" "$cpu_us"
+    LAST_RPS=$rps
+}
+
+# ---------------------------------------------------------------- measure
+log "runs of ${DURATION}s, $ROUNDS rounds, wrk -t $THREADS -c $CONNECTIONS; temp dir $WORK"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Warm-up, not measured: the first run after a build or an idle spell is slower.
+start_server baseline
+BODY_FILE=$WORK/body-13B wrk -t "$THREADS" -c "$CONNECTIONS" -d 2s -s "$BENCH/post.lua" \
+    "http://127.0.0.1:$SRV_PORT/" >/dev/null 2>&1 || true
+stop_server
+for body in "${BODIES[@]}"; do
+    log "body $body"
+    run baseline "$body"
+    before=$LAST_RPS
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for case in "${CASES[@]}"; do
+            run "$case" "$body"
+            mid=$LAST_RPS
+            run baseline "$body"
+            add R_RATIO "$case|$body" "$(calc "$mid / (($before + $LAST_RPS) / 2)" 4)"
+            before=$LAST_RPS
+        done
+    done
+done
+
+log "spawn floor (2 threads spawning cat)"
+floors=() floor_cpus=()
+for ((r = 1; r <= ROUNDS; r++)); do
+    f=$("$BIN/examples/spawn_floor" "$DURATION" 2>"$WORK/spawn_floor.err")
+    c=$(awk '{ for (i = 1; i < NF; i++) if ($i == "cpu") print $(i + 1) }' "$WORK/spawn_floor.err")
+    log "  spawn_floor $f spawns/s, parent cpu ${c:-?} us/spawn"
+    floors+=("$f")
+    floor_cpus+=("${c:-nan}")
+done
+FLOOR=$(median "${floors[@]}")
+FLOOR_CPU=$(median "${floor_cpus[@]}")
+
+# ---------------------------------------------------------------- fwatchdog's log
+# Start-up and shutdown lines, and one "METHOD PATH - 200 - ..." line per request, are expected.
+EXPECTED=' - 200 - |Version:|Watchdog mode:|Timeouts:|[Ll]istening on port|lock-file|SIGTERM|draining|Exiting'
+for case in "${CASES[@]}"; do
+    f=$WORK/$case.log
+    [[ -f $f ]] || continue
+    odd=$(grep -cvE "$EXPECTED" "$f" || true)
+    LOG_ODD=$((LOG_ODD + odd))
+    if ((odd > 0)); then
+        warn "$case: $odd unexpected line(s) in fwatchdog's log $f, first ones:"
+        grep -vE "$EXPECTED" "$f" | head -n 10 >&2
+    fi
+done
+
+# ---------------------------------------------------------------- report
+med() { local -n a=$1; median ${a[$2]}; }
+echo
+echo "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo);" \
+    "load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "wrk -t $THREADS -c $CONNECTIONS, ${DURATION}s per run, $ROUNDS sandwiched rounds, fprocess=cat"
+echo
+printf '%-10s %-5s %10s %8s %9s %9s %10s %10s\n' case body rps ratio 'p50 ms' 'p99 ms' 'peak MiB' 'cpu us/req'
+for body in "${BODIES[@]}"; do
+    for case in baseline "${CASES[@]}"; do
+        k="$case|$body"
+        ratio=1.000
+        [[ $case != baseline ]] && ratio=$(calc "$(med R_RATIO "$k")" 3)
+        printf '%-10s %-5s %10.1f %8s %9.2f %9.2f %10.1f %10s\n' "$case" "$body" \
+            "$(med R_RPS "$k")" "$ratio" "$(med R_P50 "$k")" "$(med R_P99 "$k")" \
+            "$(calc "$(max ${R_HWM[$k]}) / 1024" 1)" "$(med R_CPU "$k")"
+    done
+done
+echo
+printf '%-10s %12s %12s\n' case 'idle RSS MiB' 'startup ms'
+for case in baseline "${CASES[@]}"; do
+    printf '%-10s %12.1f %12.1f\n' "$case" "$(calc "$(med R_IDLE "$case") / 1024" 2)" "$(med R_STARTUP "$case")"
+done
+echo
+classic13=$(med R_RPS "classic|13B")
+echo "spawn floor: $FLOOR spawns/s (median of $ROUNDS), its own cpu $FLOOR_CPU us/spawn;" \
+    "classic 13B / spawn floor = $(calc "$classic13 / $FLOOR" 3)"
+echo "non-2xx responses: $TOTAL_NON2XX, socket errors: $TOTAL_SOCKERR, unexpected fwatchdog log lines: $LOG_ODD"
+echo "(rps, p50, p99, cpu: medians over runs; ratio: median over rounds of case rps / mean of the"
+echo " baseline runs before and after; peak: max VmHWM; cpu: the server's own utime+stime per request;"
+echo " startup: launch to first 200 on GET /_/health (baseline: GET /); idle RSS: VmRSS once ready)"
