@@ -300,6 +300,8 @@ echo
 classic13=$(med R_RPS "classic|13B")
 echo "spawn floor: $FLOOR spawns/s (median of $ROUNDS), its own cpu $FLOOR_CPU us/spawn;" \
     "classic 13B / spawn floor = $(calc "$classic13 / $FLOOR" 3)"
+echo "start-up, probed from Python (no shell fork per try):"
+python3 "$BENCH/startup.py" "$BIN" 15 | sed 's/^/  /'
 echo "non-2xx responses: $TOTAL_NON2XX, socket errors: $TOTAL_SOCKERR, unexpected fwatchdog log lines: $LOG_ODD"
 echo "(rps, p50, p99, cpu: medians over runs; ratio: median over rounds of case rps / mean of the"
 echo " baseline runs before and after; peak: max VmHWM; cpu: the server's own utime+stime per request;"

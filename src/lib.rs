@@ -65,7 +65,7 @@ impl Drop for AbortOnDrop {
 /// Largest request head accepted: the originals' 1 MiB of header bytes, plus room for the request line.
 const MAX_HEADER_BYTES: usize = (1 << 20) + 64 * 1024;
 /// Most request header fields accepted on HTTP/1.1.
-const MAX_HEADERS: usize = 1024;
+const MAX_HEADERS: usize = 256;
 
 /// Errors that stop the watchdog.
 #[derive(Debug, thiserror::Error)]
@@ -99,9 +99,18 @@ pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
     }
 }
 
+/// How to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// SIGTERM: unhealthy at once, serve on for `healthcheck_interval`, drain for up to `write_timeout`.
+    Graceful,
+    /// SIGINT (Ctrl-C): no wait; running functions get SIGTERM at once.
+    Immediate,
+}
+
 /// Serves `config`'s function on `listener` until `shutdown` resolves, then runs the SIGTERM sequence
 /// (SPEC §3/§4) and returns.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = Shutdown>) -> Result<(), Error> {
     let config = Arc::new(config);
     let lifecycle = Arc::new(Lifecycle::new(&config));
     let metrics = Arc::new(Metrics::new());
@@ -144,11 +153,16 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         return Err(Error::LockFile { path: config.lock_path().display().to_string(), source });
     }
 
-    shutdown.await;
-    tracing::info!("SIGTERM: no new connections in {}", format_go_duration(config.healthcheck_interval));
+    let how = shutdown.await;
+    let (wait, drain_limit) = match how {
+        Shutdown::Graceful => (config.healthcheck_interval, config.write_timeout),
+        Shutdown::Immediate => (Duration::ZERO, Duration::from_nanos(1)),
+    };
+    let signal = if how == Shutdown::Graceful { "SIGTERM" } else { "SIGINT" };
+    tracing::info!("{signal}: no new connections in {}", format_go_duration(wait));
     lifecycle.mark_unhealthy();
     // Kubernetes removes the endpoint late: keep serving (the accept loop runs on) meanwhile.
-    tokio::time::sleep(config.healthcheck_interval).await;
+    tokio::time::sleep(wait).await;
     stop_accepting.cancel();
     let graceful = match accept_loop.await {
         Ok(graceful) => graceful,
@@ -158,11 +172,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
 
     let drain = graceful.shutdown();
     let mut drain = std::pin::pin!(drain);
-    let drained = if config.write_timeout.is_zero() {
+    let drained = if drain_limit.is_zero() {
         drain.as_mut().await;
         true
     } else {
-        tokio::time::timeout(config.write_timeout, drain.as_mut()).await.is_ok()
+        tokio::time::timeout(drain_limit, drain.as_mut()).await.is_ok()
     };
     if !drained {
         tracing::info!("Drain deadline passed: stopping {} running requests", metrics.in_flight.get());

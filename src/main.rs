@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use ng_watchdog::config::Config;
+use ng_watchdog::Shutdown;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -67,13 +68,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGTERM (the graceful sequence) or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM (the graceful sequence) or SIGINT (stop now).
+async fn shutdown_signal() -> Shutdown {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => Shutdown::Graceful,
+        _ = int.recv() => Shutdown::Immediate,
     }
 }

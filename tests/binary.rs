@@ -314,3 +314,20 @@ echo ok"#,
     drop(_kill);
     unshare.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn sigint_stops_at_once_and_terminates_running_functions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("terminated");
+    let f =
+        script(tmp.path(), "f.sh", &format!("trap 'echo term > {}; exit 0' TERM; sleep 30 & wait", marker.display()));
+    let mut binary = Binary::start_in(tmp, &[("fprocess", f.to_str().unwrap()), ("healthcheck_interval", "30s")]).await;
+    let in_flight = tokio::spawn(reqwest::Client::new().post(binary.url("/")).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(binary.pid()), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = wait_exit(&mut binary, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(marker.exists(), "the running function got SIGTERM");
+    // It answered before the watchdog exited: the trap exits 0 after printing nothing.
+    assert_eq!(in_flight.await.unwrap().unwrap().status(), 200);
+}

@@ -590,7 +590,7 @@ impl Config {
     /// Text of `--help`: every variable, its default and meaning.
     pub fn help_text() -> String {
         let mut out = String::from(
-            "fwatchdog: serves a function over HTTP, HTTP/2, gRPC and CloudEvents on one port.\n\n\
+            "fwatchdog: serves a function over HTTP/1.1 and HTTP/2 (h2c) on one port, as the OpenFaaS watchdogs do.\n\n\
              Usage: fwatchdog [-version] [-run-healthcheck] [--help]\n\n\
              Configuration is read from environment variables:\n\n",
         );

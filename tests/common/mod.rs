@@ -47,6 +47,7 @@ impl Server {
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(ng_watchdog::run(listener, config, async move {
             let _ = rx.await;
+            ng_watchdog::Shutdown::Graceful
         }));
         let server = Server { addr, tmp, shutdown: Some(tx), handle: Some(handle) };
         server.wait_healthy().await;
