@@ -125,6 +125,32 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+
+    /// The Prometheus text format (0.0.4), which promhttp serves unless OpenMetrics is asked for: counters'
+    /// HELP and TYPE lines name the `_total` series, and there is no `# EOF`.
+    pub fn encode_prometheus(&self) -> String {
+        let openmetrics = self.encode();
+        let mut counters = std::collections::HashSet::new();
+        for line in openmetrics.lines() {
+            if let Some(name) = line.strip_prefix("# TYPE ").and_then(|rest| rest.strip_suffix(" counter")) {
+                counters.insert(name.to_string());
+            }
+        }
+        let mut out = String::with_capacity(openmetrics.len());
+        for line in openmetrics.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
+        out
+    }
 }
 
 /// promhttp's method label: lower case for the standard methods, "unknown" otherwise.
@@ -170,10 +196,17 @@ fn metrics_response(req: &Request<Incoming>, metrics: &Metrics) -> Response<Resp
     if req.uri().path() != "/metrics" {
         return Response::builder().status(404).body(body::full("404 page not found\n")).expect("valid response");
     }
-    Response::builder()
-        .header(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(body::full(metrics.encode()))
-        .expect("valid response")
+    let openmetrics = req
+        .headers()
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .any(|accept| accept.to_str().is_ok_and(|a| a.contains("application/openmetrics-text")));
+    let (content_type, text) = if openmetrics {
+        ("application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
+    } else {
+        ("text/plain; version=0.0.4; charset=utf-8", metrics.encode_prometheus())
+    };
+    Response::builder().header(http::header::CONTENT_TYPE, content_type).body(body::full(text)).expect("valid response")
 }
 
 #[cfg(test)]
@@ -193,5 +226,17 @@ mod tests {
         assert!(text.contains(r#"watchdog_invocation_duration_seconds_count{protocol="http"} 1"#), "{text}");
         assert!(text.contains("watchdog_worker_restarts_total 0"), "{text}");
         assert!(text.contains("watchdog_workers_ready 0"), "{text}");
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let m = Metrics::new();
+        m.observe("http", &http::Method::GET, 200, 0.01);
+        let text = m.encode_prometheus();
+        assert!(text.contains("# TYPE http_requests_total counter\n"), "{text}");
+        assert!(text.contains("# HELP http_requests_total total HTTP requests processed"), "{text}");
+        assert!(text.contains("# TYPE http_request_duration_seconds histogram\n"), "{text}");
+        assert!(text.contains(r#"http_requests_total{code="200",method="get"} 1"#), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
     }
 }

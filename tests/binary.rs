@@ -218,6 +218,11 @@ async fn metrics_count_requests() {
     );
     assert!(text.contains("http_requests_in_flight 0"), "{text}");
     assert!(text.contains(r#"watchdog_invocations_total{protocol="http",code="200"} 3"#), "{text}");
+    assert!(text.contains("# TYPE http_requests_total counter"), "Prometheus text by default: {text}");
+    let openmetrics =
+        client.get(&metrics_url).header("accept", "application/openmetrics-text; version=1.0.0").send().await.unwrap();
+    assert!(openmetrics.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(openmetrics.text().await.unwrap().ends_with("# EOF\n"));
 }
 
 #[tokio::test]

@@ -26,7 +26,12 @@ pub fn health(lifecycle: &Lifecycle, method: &Method) -> Response<ResponseBody> 
     if !lifecycle.healthy() {
         return status_only(StatusCode::SERVICE_UNAVAILABLE);
     }
-    Response::builder().status(StatusCode::OK).body(body::full("OK")).expect("valid response")
+    // Go's net/http sniffs "OK" as text/plain; keep the header the originals send.
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body::full("OK"))
+        .expect("valid response")
 }
 
 /// `GET /_/ready`: 503 when not accepting or the lock file is missing, 429 at `max_inflight`, the function's
