@@ -336,3 +336,26 @@ async fn sigint_stops_at_once_and_terminates_running_functions() {
     // It answered before the watchdog exited: the trap exits 0 after printing nothing.
     assert_eq!(in_flight.await.unwrap().unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn a_client_that_disconnects_leaves_no_request_counted_in_flight() {
+    let metrics_port = free_port();
+    let binary = Binary::start(&[("fprocess", "sleep 1"), ("metrics_port", &metrics_port.to_string())]).await;
+    let mut stream = tokio::net::TcpStream::connect(binary.addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = client.get(&url).send().await.unwrap().text().await.unwrap();
+        if text.contains("http_requests_in_flight 0\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "in-flight gauge never went back to 0: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -51,7 +51,8 @@ impl Ingress {
         let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
         let quiet =
             req.headers().get(::http::header::USER_AGENT).is_some_and(|ua| ua.as_bytes().starts_with(b"kube-probe"));
-        self.metrics.in_flight.inc();
+        // Held until the response body ends, or dropped with this future if the client goes away first.
+        let in_flight = InFlight::enter(&self.metrics);
 
         let slot = self.limiter.acquire();
         let response = match slot {
@@ -72,8 +73,8 @@ impl Ingress {
         let (parts, body) = response.into_parts();
         let on_end = move |sent: u64| {
             drop(slot);
+            drop(in_flight);
             let seconds = start.elapsed().as_secs_f64();
-            metrics.in_flight.dec();
             metrics.observe("http", &method, status, seconds);
             if !quiet {
                 tracing::info!(
@@ -85,6 +86,22 @@ impl Ingress {
         };
         let body = http_body_util::BodyExt::boxed_unsync(TrackedBody::new(body, on_end));
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// One request counted in `http_requests_in_flight` until dropped.
+struct InFlight(Arc<Metrics>);
+
+impl InFlight {
+    fn enter(metrics: &Arc<Metrics>) -> InFlight {
+        metrics.in_flight.inc();
+        InFlight(Arc::clone(metrics))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 
