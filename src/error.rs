@@ -69,6 +69,24 @@ pub enum InvokeError {
     /// The watchdog itself failed (e.g. the temporary directory is not writable).
     #[error("watchdog error: {0}")]
     Internal(String),
+    /// The worker serving the request exited or broke the protocol (http mode).
+    #[error("the function's worker failed: {0}")]
+    WorkerFailed(String),
+    /// No worker could take the request in time (http mode).
+    #[error("no worker available: {0}")]
+    Unavailable(String),
+    /// The function reported a permanent failure: do not retry.
+    #[error("{0}")]
+    Permanent(String),
+    /// The function reported a failure that a retry may not have.
+    #[error("{0}")]
+    Retryable(String),
+    /// The function raised an unexpected error.
+    #[error("{0}")]
+    FunctionInternal(String),
+    /// The function did not answer before the request's deadline (http mode).
+    #[error("the function did not answer within {}", format_go_duration(*.0))]
+    DeadlineExceeded(Duration),
 }
 
 impl InvokeError {
@@ -81,7 +99,13 @@ impl InvokeError {
             InvokeError::ReadTimeout(_) | InvokeError::ExecTimeout => StatusCode::REQUEST_TIMEOUT,
             InvokeError::BodyRead(_) | InvokeError::BadPath(_) => StatusCode::BAD_REQUEST,
             InvokeError::WriteTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            InvokeError::FunctionFailed { .. } | InvokeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InvokeError::FunctionFailed { .. } | InvokeError::Internal(_) | InvokeError::FunctionInternal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            InvokeError::WorkerFailed(_) => StatusCode::BAD_GATEWAY,
+            InvokeError::Unavailable(_) | InvokeError::Retryable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::Permanent(_) => StatusCode::BAD_REQUEST,
+            InvokeError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -128,6 +152,9 @@ impl InvokeError {
                 body::full(Bytes::from(reason))
             }
             other => {
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    builder = builder.header(header::RETRY_AFTER, "1");
+                }
                 let text = format!("{other}\n");
                 builder = builder.header(header::CONTENT_TYPE, detect_content_type(text.as_bytes()));
                 body::full(text)

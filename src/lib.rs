@@ -45,7 +45,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, ForkBackend};
+use crate::backend::{Backend, ForkBackend, FramedBackend};
 use crate::config::{format_go_duration, Config, Mode};
 use crate::ingress::conn::CappedReads;
 use crate::ingress::Ingress;
@@ -81,6 +81,9 @@ pub enum Error {
         /// Why binding failed.
         source: std::io::Error,
     },
+    /// The worker sockets' directory could not be made.
+    #[error("cannot create the worker socket directory: {0}")]
+    SocketDir(std::io::Error),
     /// The lock file could not be written.
     #[error("cannot write {path}. To disable lock-file set env suppress_lock=true: {source}")]
     LockFile {
@@ -121,9 +124,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         Mode::Classic | Mode::Streaming | Mode::Serializing => {
             Backend::Fork(Arc::new(ForkBackend::new(&config, lifecycle.terminate.clone(), Arc::clone(&children))))
         }
+        Mode::Http if config.upstream_url.is_none() => Backend::Framed(Arc::new(
+            FramedBackend::start(&config, Arc::clone(&children), Arc::clone(&metrics)).map_err(Error::SocketDir)?,
+        )),
         Mode::Http | Mode::Static => return Err(Error::UnsupportedMode(config.mode.as_str())),
     };
-    let ingress = Arc::new(Ingress::new(Arc::clone(&config), Arc::clone(&lifecycle), backend, Arc::clone(&metrics)));
+    let ingress =
+        Arc::new(Ingress::new(Arc::clone(&config), Arc::clone(&lifecycle), backend.clone(), Arc::clone(&metrics)));
 
     tracing::info!("Watchdog mode: {}\tfprocess: {:?}", config.mode.as_str(), config.fprocess.join(" "));
     tracing::info!(
@@ -148,10 +155,26 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let server = connection_builder(&config);
     let accept_loop = tokio::spawn(accept(listener, server, Arc::clone(&ingress), stop_accepting.clone()));
 
-    if let Err(source) = lifecycle.start() {
-        stop_accepting.cancel();
-        return Err(Error::LockFile { path: config.lock_path().display().to_string(), source });
-    }
+    // The lock file says "ready": written at once for fork modes, once the first worker is ready in http mode.
+    let lock_error = |source| Error::LockFile { path: config.lock_path().display().to_string(), source };
+    let _lock_writer = match &backend {
+        Backend::Fork(_) => {
+            if let Err(source) = lifecycle.start() {
+                stop_accepting.cancel();
+                return Err(lock_error(source));
+            }
+            None
+        }
+        Backend::Framed(_) => {
+            let (backend, lifecycle, path) = (backend.clone(), Arc::clone(&lifecycle), config.lock_path());
+            Some(AbortOnDrop(tokio::spawn(async move {
+                backend.first_ready().await;
+                if let Err(e) = lifecycle.start() {
+                    tracing::error!("cannot write {}: {e}", path.display());
+                }
+            })))
+        }
+    };
 
     let how = shutdown.await;
     let (wait, drain_limit) = match how {
@@ -164,6 +187,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     // Kubernetes removes the endpoint late: keep serving (the accept loop runs on) meanwhile.
     tokio::time::sleep(wait).await;
     stop_accepting.cancel();
+    backend.drain();
     let graceful = match accept_loop.await {
         Ok(graceful) => graceful,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -184,6 +208,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         let grace = backend::fork::TERMINATE_GRACE + Duration::from_secs(1);
         let _ = tokio::time::timeout(grace, drain).await;
     }
+    backend.shutdown().await;
     tracing::info!("Exiting. Active connections: {}", metrics.in_flight.get());
     Ok(())
 }

@@ -3,7 +3,8 @@
 
 pub mod cgi;
 pub mod fork;
-mod logs;
+pub mod framed;
+pub(crate) mod logs;
 pub mod process;
 pub mod sniff;
 pub mod spill;
@@ -18,6 +19,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::envelope::Envelope;
 use crate::error::InvokeError;
 pub use fork::ForkBackend;
+pub use framed::FramedBackend;
 
 /// Limits on reading a request body.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,8 @@ pub struct Invocation {
 pub enum Backend {
     /// One process per request.
     Fork(Arc<ForkBackend>),
+    /// Long-lived workers speaking watchdog.v1 frames.
+    Framed(Arc<FramedBackend>),
 }
 
 impl Backend {
@@ -52,6 +56,36 @@ impl Backend {
     pub async fn invoke(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
         match self {
             Backend::Fork(fork) => fork.invoke(invocation).await,
+            Backend::Framed(framed) => framed.invoke(invocation).await,
+        }
+    }
+
+    /// `Ok` when requests can be served now, else why not (for `/_/ready`).
+    pub fn readiness(&self) -> Result<(), String> {
+        match self {
+            Backend::Fork(_) => Ok(()),
+            Backend::Framed(framed) => framed.readiness(),
+        }
+    }
+
+    /// Resolves once the backend can serve its first request.
+    pub async fn first_ready(&self) {
+        if let Backend::Framed(framed) = self {
+            framed.first_ready().await
+        }
+    }
+
+    /// No new requests will come.
+    pub fn drain(&self) {
+        if let Backend::Framed(framed) = self {
+            framed.drain()
+        }
+    }
+
+    /// Stops long-lived processes, after the drain.
+    pub async fn shutdown(&self) {
+        if let Backend::Framed(framed) = self {
+            framed.shutdown().await
         }
     }
 
@@ -59,6 +93,7 @@ impl Backend {
     pub fn timeout(&self) -> Option<Duration> {
         match self {
             Backend::Fork(fork) => fork.timeout(),
+            Backend::Framed(framed) => framed.timeout(),
         }
     }
 }

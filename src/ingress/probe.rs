@@ -43,6 +43,14 @@ pub async fn ready(ingress: &Ingress, req: Request<Incoming>) -> Response<Respon
     if !ingress.lifecycle.healthy() {
         return status_only(StatusCode::SERVICE_UNAVAILABLE);
     }
+    if let Err(reason) = ingress.backend.readiness() {
+        return Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(header::RETRY_AFTER, "1")
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(body::full(format!("{reason}\n")))
+            .expect("valid response");
+    }
     if ingress.limiter.is_full() {
         return status_only(StatusCode::TOO_MANY_REQUESTS);
     }

@@ -1,0 +1,169 @@
+//! `FrameCodec`: the watchdog.v1 framing (a 4-byte big-endian length, then one protobuf `Frame`), on top of
+//! tokio-util's length-delimited codec with an explicit maximum. Does no I/O itself.
+
+use bytes::{BufMut, BytesMut};
+use prost::Message;
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::envelope::pb::watchdog::v1::Frame;
+
+/// Largest frame before the handshake has set the limit (a Hello must fit).
+pub const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
+/// Largest frame once connected (a request head carries up to 1 MiB of headers).
+pub const MAX_FRAME: usize = 2 * 1024 * 1024;
+
+/// Why the byte stream is not a valid sequence of frames.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The socket failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A length prefix above the maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// Bytes that are not a `watchdog.v1.Frame`.
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A frame with no `kind`.
+    #[error("frame without a kind")]
+    Empty,
+}
+
+/// Encodes and decodes frames.
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+    max: usize,
+}
+
+impl FrameCodec {
+    /// A codec accepting frames of at most `max` bytes.
+    pub fn new(max: usize) -> FrameCodec {
+        let inner = LengthDelimitedCodec::builder().length_field_length(4).big_endian().max_frame_length(max).new_codec();
+        FrameCodec { inner, max }
+    }
+
+    /// Changes the largest accepted frame (after the handshake).
+    pub fn set_max_frame(&mut self, max: usize) {
+        self.max = max;
+        self.inner.set_max_frame_length(max);
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if src.len() >= 4 {
+            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+            if len > self.max {
+                return Err(FrameError::TooLarge { len, max: self.max });
+            }
+        }
+        let Some(bytes) = self.inner.decode(src)? else { return Ok(None) };
+        let frame = Frame::decode(bytes)?;
+        if frame.kind.is_none() {
+            return Err(FrameError::Empty);
+        }
+        Ok(Some(frame))
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode_frame(&frame, dst);
+        Ok(())
+    }
+}
+
+/// Appends `frame` with its length prefix to `dst`.
+pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) {
+    let len = frame.encoded_len();
+    dst.reserve(4 + len);
+    dst.put_u32(len as u32);
+    frame.encode(dst).expect("reserved enough room");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::pb::watchdog::v1::{frame::Kind, Data, Ping};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    fn ping(stream_id: u64, nonce: u64) -> Frame {
+        Frame { stream_id, kind: Some(Kind::Ping(Ping { nonce })) }
+    }
+
+    #[tokio::test]
+    async fn round_trip_over_a_duplex() {
+        let (a, b) = tokio::io::duplex(64);
+        let mut writer = FramedWrite::new(a, FrameCodec::new(MAX_FRAME));
+        let mut reader = FramedRead::new(b, FrameCodec::new(MAX_FRAME));
+        let data = Frame { stream_id: 3, kind: Some(Kind::Data(Data { data: vec![7u8; 10_000].into() })) };
+        let sent = vec![ping(0, 1), data, ping(0, 2)];
+        let to_send = sent.clone();
+        tokio::spawn(async move {
+            for f in to_send {
+                writer.send(f).await.unwrap();
+            }
+        });
+        for expected in sent {
+            assert_eq!(reader.next().await.unwrap().unwrap(), expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_frames_wait_for_the_rest() {
+        let mut bytes = BytesMut::new();
+        encode_frame(&ping(0, 42), &mut bytes);
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut reader = FramedRead::new(b, FrameCodec::new(MAX_FRAME));
+        for byte in bytes.iter() {
+            a.write_all(&[*byte]).await.unwrap();
+        }
+        drop(a);
+        assert_eq!(reader.next().await.unwrap().unwrap(), ping(0, 42));
+        assert!(reader.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_are_rejected_from_the_prefix() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut reader = FramedRead::new(b, FrameCodec::new(1000));
+        a.write_all(&1001u32.to_be_bytes()).await.unwrap();
+        match reader.next().await.unwrap() {
+            Err(FrameError::TooLarge { len: 1001, max: 1000 }) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_and_empty_frames_are_errors() {
+        let mut codec = FrameCodec::new(MAX_FRAME);
+        let mut garbage = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(codec.decode(&mut garbage), Err(FrameError::Decode(_))));
+        let mut empty = BytesMut::new();
+        encode_frame(&Frame { stream_id: 5, kind: None }, &mut empty);
+        assert!(matches!(codec.decode(&mut empty), Err(FrameError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn raising_the_limit_after_the_handshake() {
+        let mut codec = FrameCodec::new(HANDSHAKE_MAX_FRAME);
+        let big = Frame { stream_id: 1, kind: Some(Kind::Data(Data { data: vec![1u8; 100_000].into() })) };
+        let mut bytes = BytesMut::new();
+        encode_frame(&big, &mut bytes);
+        assert!(matches!(codec.decode(&mut bytes.clone()), Err(FrameError::TooLarge { .. })));
+        codec.set_max_frame(MAX_FRAME);
+        assert_eq!(codec.decode(&mut bytes).unwrap().unwrap(), big);
+    }
+}

@@ -1,0 +1,340 @@
+//! One connected worker: a reader task that routes the worker's frames to the streams they belong to, a writer
+//! task that batches outgoing frames into single writes, and the per-stream state (flow-control credit, the
+//! channel of response events).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{encode_frame, FrameCodec};
+use crate::envelope::pb::watchdog::v1::{
+    frame::Kind, Cancel, Data, End, Envelope, ErrorKind, Frame, Header, Pong, RequestHead, ResponseHead, WindowUpdate,
+};
+
+/// Limits announced in HelloAck.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest Data payload.
+    pub max_chunk: usize,
+    /// Initial window per stream and direction.
+    pub initial_window: i64,
+}
+
+/// What a stream's response side receives.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// The response head.
+    Head(ResponseHead),
+    /// A piece of the response body.
+    Data(Bytes),
+    /// The response ended, with trailers.
+    End(Vec<Header>),
+    /// The worker reported a failure.
+    Error(ErrorKind, String),
+    /// The worker is gone; the reason names the exit status or protocol error.
+    Gone(String),
+    /// The request side failed (body too large, client too slow).
+    Aborted(crate::error::InvokeError),
+}
+
+/// State shared between a stream's request pump, its response side, and the reader task.
+pub struct StreamShared {
+    events: mpsc::UnboundedSender<StreamEvent>,
+    /// Bytes of request body the watchdog may still send.
+    send_credit: AtomicI64,
+    credit_changed: Notify,
+    /// Bytes of response body the worker may still send before we return credit.
+    recv_window: AtomicI64,
+    /// Whether the response side saw a head.
+    head_seen: AtomicBool,
+    /// Set when the stream is over for the watchdog (answered, failed or cancelled).
+    closed: AtomicBool,
+}
+
+impl StreamShared {
+    /// Whether the stream is over.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.credit_changed.notify_waiters();
+    }
+
+    /// Takes up to `want` bytes of send credit, waiting for a WindowUpdate when there is none.
+    /// `None` once the stream is closed.
+    pub async fn take_credit(&self, want: usize) -> Option<usize> {
+        loop {
+            let notified = self.credit_changed.notified();
+            if self.is_closed() {
+                return None;
+            }
+            let credit = self.send_credit.load(Ordering::SeqCst);
+            if credit > 0 {
+                let take = credit.min(want as i64);
+                if self.send_credit.compare_exchange(credit, credit - take, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    return Some(take as usize);
+                }
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    /// Reports a request-side failure to the response side.
+    pub fn abort(&self, error: crate::error::InvokeError) {
+        let _ = self.events.send(StreamEvent::Aborted(error));
+    }
+}
+
+/// A connected, ready worker.
+pub struct Connection {
+    /// The worker's number.
+    pub id: u32,
+    /// Requests it takes at once (0: no limit).
+    pub max_concurrency: u32,
+    /// Limits of the connection.
+    pub limits: Limits,
+    outgoing: mpsc::UnboundedSender<Frame>,
+    streams: Mutex<HashMap<u64, Arc<StreamShared>>>,
+    next_stream: AtomicU64,
+    last_pong: AtomicU64,
+    /// Cancelled when the connection is finished (either side).
+    pub closed: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Connection {
+    /// Wraps a connected socket after the handshake; starts the writer task. The caller runs [`Connection::read`].
+    pub fn start(id: u32, max_concurrency: u32, limits: Limits, write: OwnedWriteHalf) -> Arc<Connection> {
+        let (outgoing, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Connection {
+            id,
+            max_concurrency,
+            limits,
+            outgoing,
+            streams: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(1),
+            last_pong: AtomicU64::new(0),
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(write_loop(rx, write, conn.closed.clone()));
+        conn
+    }
+
+    /// Queues a frame for the writer task.
+    pub fn send(&self, frame: Frame) {
+        let _ = self.outgoing.send(frame);
+    }
+
+    /// Opens a stream for `envelope`: sends its RequestHead and returns the stream's id, shared state, and the
+    /// receiver of its response events.
+    pub fn open(&self, envelope: Envelope) -> (u64, Arc<StreamShared>, mpsc::UnboundedReceiver<StreamEvent>) {
+        let id = self.next_stream.fetch_add(2, Ordering::SeqCst);
+        let (events, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(StreamShared {
+            events,
+            send_credit: AtomicI64::new(self.limits.initial_window),
+            credit_changed: Notify::new(),
+            recv_window: AtomicI64::new(self.limits.initial_window),
+            head_seen: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
+        if self.closed.is_cancelled() {
+            let _ = shared.events.send(StreamEvent::Gone("the worker connection is closed".into()));
+        } else {
+            lock(&self.streams).insert(id, Arc::clone(&shared));
+            self.send(Frame { stream_id: id, kind: Some(Kind::RequestHead(RequestHead { envelope: Some(envelope) })) });
+        }
+        (id, shared, rx)
+    }
+
+    /// Sends request body bytes (the caller holds credit for them).
+    pub fn send_data(&self, stream_id: u64, data: Bytes) {
+        self.send(Frame { stream_id, kind: Some(Kind::Data(Data { data })) });
+    }
+
+    /// Ends the request body.
+    pub fn send_end(&self, stream_id: u64) {
+        self.send(Frame { stream_id, kind: Some(Kind::End(End { trailers: vec![] })) });
+    }
+
+    /// Returns `increment` bytes of response credit to the worker.
+    pub fn return_credit(&self, stream_id: u64, shared: &StreamShared, increment: usize) {
+        if shared.is_closed() {
+            return;
+        }
+        shared.recv_window.fetch_add(increment as i64, Ordering::SeqCst);
+        self.send(Frame { stream_id, kind: Some(Kind::WindowUpdate(WindowUpdate { increment: increment as u32 })) });
+    }
+
+    /// Gives up on a stream: tells the worker, forgets it.
+    pub fn cancel(&self, stream_id: u64, reason: &str) {
+        if let Some(shared) = lock(&self.streams).remove(&stream_id) {
+            shared.close();
+            self.send(Frame { stream_id, kind: Some(Kind::Cancel(Cancel { reason: reason.to_string() })) });
+        }
+    }
+
+    /// Marks a stream finished without telling the worker (it finished it).
+    pub fn finish(&self, stream_id: u64) {
+        if let Some(shared) = lock(&self.streams).remove(&stream_id) {
+            shared.close();
+        }
+    }
+
+    /// Streams currently open.
+    pub fn open_streams(&self) -> usize {
+        lock(&self.streams).len()
+    }
+
+    /// The nonce of the last Pong received.
+    pub fn last_pong(&self) -> u64 {
+        self.last_pong.load(Ordering::SeqCst)
+    }
+
+    /// Fails every open stream with `reason` and closes the connection.
+    pub fn fail_all(&self, reason: &str) {
+        self.closed.cancel();
+        let streams: Vec<_> = lock(&self.streams).drain().collect();
+        for (_, shared) in streams {
+            shared.close();
+            let _ = shared.events.send(StreamEvent::Gone(reason.to_string()));
+        }
+    }
+
+    /// Reads the worker's frames until the connection ends. `Err` names a protocol violation.
+    pub async fn read(self: &Arc<Self>, mut reader: FramedRead<OwnedReadHalf, FrameCodec>) -> Result<(), String> {
+        let result = loop {
+            let frame = tokio::select! {
+                next = reader.next() => next,
+                _ = self.closed.cancelled() => break Ok(()),
+            };
+            let frame = match frame {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(e.to_string()),
+                Some(Ok(frame)) => frame,
+            };
+            if let Err(violation) = self.dispatch(frame) {
+                break Err(violation);
+            }
+        };
+        self.closed.cancel();
+        result
+    }
+
+    fn dispatch(&self, frame: Frame) -> Result<(), String> {
+        let id = frame.stream_id;
+        let kind = frame.kind.ok_or("frame without a kind")?;
+        let stream = |what: &str| -> Result<Option<Arc<StreamShared>>, String> {
+            if id == 0 || id % 2 == 0 || id >= self.next_stream.load(Ordering::SeqCst) {
+                return Err(format!("{what} on stream {id}, which the watchdog never opened"));
+            }
+            Ok(lock(&self.streams).get(&id).cloned())
+        };
+        match kind {
+            Kind::Ping(ping) => self.send(Frame { stream_id: 0, kind: Some(Kind::Pong(Pong { nonce: ping.nonce })) }),
+            Kind::Pong(pong) => {
+                self.last_pong.fetch_max(pong.nonce, Ordering::SeqCst);
+            }
+            Kind::Log(log) => {
+                tracing::info!(target: "function", stream = log.stream.as_str(), "{}", String::from_utf8_lossy(&log.line));
+            }
+            Kind::Ready(_) | Kind::Hello(_) => {}
+            Kind::InitError(e) => return Err(format!("init error after ready: {}", e.message)),
+            Kind::ResponseHead(head) => {
+                if let Some(shared) = stream("ResponseHead")? {
+                    if shared.head_seen.swap(true, Ordering::SeqCst) {
+                        return Err(format!("second ResponseHead on stream {id}"));
+                    }
+                    let _ = shared.events.send(StreamEvent::Head(head));
+                }
+            }
+            Kind::Data(data) => {
+                if let Some(shared) = stream("Data")? {
+                    if !shared.head_seen.load(Ordering::SeqCst) {
+                        return Err(format!("Data before ResponseHead on stream {id}"));
+                    }
+                    if data.data.len() > self.limits.max_chunk {
+                        return Err(format!("Data of {} bytes exceeds max_chunk_bytes", data.data.len()));
+                    }
+                    let left = shared.recv_window.fetch_sub(data.data.len() as i64, Ordering::SeqCst);
+                    if left < data.data.len() as i64 {
+                        return Err(format!("stream {id} sent past its flow-control window"));
+                    }
+                    let _ = shared.events.send(StreamEvent::Data(data.data));
+                }
+            }
+            Kind::End(end) => {
+                if let Some(shared) = stream("End")? {
+                    if !shared.head_seen.load(Ordering::SeqCst) {
+                        return Err(format!("End before ResponseHead on stream {id}"));
+                    }
+                    self.finish(id);
+                    let _ = shared.events.send(StreamEvent::End(end.trailers));
+                }
+            }
+            Kind::Error(error) => {
+                if let Some(shared) = stream("Error")? {
+                    self.finish(id);
+                    let kind = ErrorKind::try_from(error.kind).unwrap_or(ErrorKind::Internal);
+                    let _ = shared.events.send(StreamEvent::Error(kind, error.message));
+                }
+            }
+            Kind::WindowUpdate(update) => {
+                if id == 0 {
+                    return Ok(());
+                }
+                if let Some(shared) = stream("WindowUpdate")? {
+                    shared.send_credit.fetch_add(i64::from(update.increment), Ordering::SeqCst);
+                    shared.credit_changed.notify_waiters();
+                }
+            }
+            Kind::HelloAck(_)
+            | Kind::RequestHead(_)
+            | Kind::Cancel(_)
+            | Kind::Drain(_)
+            | Kind::Shutdown(_) => return Err("the worker sent a frame only the watchdog may send".into()),
+        }
+        Ok(())
+    }
+}
+
+/// Writes queued frames, each batch of whatever is queued in one write call.
+async fn write_loop(mut rx: mpsc::UnboundedReceiver<Frame>, mut write: OwnedWriteHalf, closed: CancellationToken) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let first = tokio::select! {
+            frame = rx.recv() => frame,
+            _ = closed.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        buf.clear();
+        encode_frame(&first, &mut buf);
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(frame) => encode_frame(&frame, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if write.write_all(&buf).await.is_err() {
+            closed.cancel();
+            break;
+        }
+        if buf.capacity() > 1024 * 1024 {
+            buf = BytesMut::with_capacity(64 * 1024);
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The framed backend (`mode=http`): requests go to long-lived workers as watchdog.v1 frames over a Unix socket
+//! (see `proto/README.md`). `codec` frames bytes, `connection` owns one worker's socket and streams, `pool`
+//! starts, supervises and leases workers; this module turns one request into one stream and back.
+
+pub mod codec;
+pub mod connection;
+pub mod pool;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http_body::Frame as BodyFrame;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
+
+use self::connection::{Connection, StreamEvent, StreamShared};
+use self::pool::{Lease, LeaseError, WorkerPool, WorkerSpec};
+use super::{BodyLimits, Invocation};
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::Config;
+use crate::envelope::pb::watchdog::v1::ErrorKind;
+use crate::error::InvokeError;
+
+/// Waiting requests allowed when `max_inflight` is 0.
+const DEFAULT_QUEUE: usize = 1024;
+
+/// Runs requests on a pool of long-lived workers.
+pub struct FramedBackend {
+    pool: Arc<WorkerPool>,
+    timeout: Option<Duration>,
+    /// Keeps the sockets' private directory until the backend goes.
+    _socket_dir: tempfile::TempDir,
+}
+
+impl FramedBackend {
+    /// Starts the workers for `config`.
+    pub fn start(
+        config: &Config,
+        children: Arc<crate::reaper::ChildRegistry>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> std::io::Result<FramedBackend> {
+        let socket_dir = socket_dir(&config.tmp_dir)?;
+        let spec = WorkerSpec {
+            argv: config.fprocess.clone(),
+            socket_dir: socket_dir.path().to_path_buf(),
+            log_buffer_size: config.log_buffer_size,
+            children,
+            metrics,
+            timing: pool::Timing::default(),
+        };
+        let queue = if config.max_inflight > 0 { config.max_inflight } else { DEFAULT_QUEUE };
+        let pool = WorkerPool::start(config.workers, queue, spec);
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        let timeout = match (nonzero(config.exec_timeout), nonzero(config.write_timeout)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(FramedBackend { pool, timeout, _socket_dir: socket_dir })
+    }
+
+    /// The deadline a request gets.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// `Ok` when a worker is ready, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.pool.readiness()
+    }
+
+    /// Resolves when the first worker is ready.
+    pub async fn first_ready(&self) {
+        self.pool.first_ready().await
+    }
+
+    /// Tells the workers no new requests will come.
+    pub fn drain(&self) {
+        self.pool.drain()
+    }
+
+    /// Stops the workers.
+    pub async fn shutdown(&self) {
+        self.pool.shutdown(Duration::from_secs(2)).await
+    }
+
+    /// Runs one request on a worker.
+    pub async fn invoke(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let lease = match self.pool.lease(deadline).await {
+            Ok(lease) => lease,
+            Err(LeaseError::QueueFull) => return Err(InvokeError::Unavailable("the wait queue is full".into())),
+            Err(LeaseError::TimedOut(reason)) => return Err(InvokeError::Unavailable(reason)),
+        };
+        let conn = Arc::clone(&lease.conn);
+        let (id, shared, mut events) = conn.open(invocation.envelope);
+        let mut guard = CancelOnDrop { conn: Arc::clone(&conn), id, armed: true };
+        tokio::spawn(pump_body(Arc::clone(&conn), id, Arc::clone(&shared), invocation.body, invocation.limits));
+        let head = match deadline {
+            Some(deadline) => match timeout_at(deadline, events.recv()).await {
+                Ok(event) => event,
+                Err(_) => return Err(InvokeError::DeadlineExceeded(self.timeout.unwrap_or_default())),
+            },
+            None => events.recv().await,
+        };
+        let head = match head {
+            Some(StreamEvent::Head(head)) => head,
+            Some(StreamEvent::Error(kind, message)) => {
+                guard.armed = false;
+                return Err(function_error(kind, message));
+            }
+            Some(StreamEvent::Gone(reason)) => {
+                guard.armed = false;
+                return Err(InvokeError::WorkerFailed(reason));
+            }
+            Some(StreamEvent::Aborted(error)) => return Err(error),
+            Some(StreamEvent::Data(_) | StreamEvent::End(_)) | None => {
+                return Err(InvokeError::WorkerFailed("the stream ended without a response".into()))
+            }
+        };
+        let status = match head.status {
+            0 => StatusCode::OK,
+            code => StatusCode::from_u16(code as u16)
+                .map_err(|_| InvokeError::WorkerFailed(format!("invalid status code {code}")))?,
+        };
+        let mut response = Response::builder().status(status);
+        for header in &head.headers {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(header.name.as_bytes()), HeaderValue::from_bytes(&header.value))
+            {
+                response = response.header(name, value);
+            }
+        }
+        guard.armed = false;
+        let body = FramedBody {
+            events,
+            conn,
+            shared,
+            id,
+            consumed: 0,
+            deadline: deadline.map(|d| Box::pin(sleep_until(d))),
+            finished: false,
+            _lease: lease,
+        };
+        Ok(response.body(body.boxed_unsync()).expect("valid response"))
+    }
+}
+
+/// A private directory for the workers' sockets: under TMPDIR, or /tmp when that path would be too long for a
+/// Unix socket (107 bytes).
+fn socket_dir(tmp: &std::path::Path) -> std::io::Result<tempfile::TempDir> {
+    const LONGEST_NAME: usize = "/watchdog-XXXXXX/worker-99999.sock".len();
+    let base = if tmp.as_os_str().len() + LONGEST_NAME <= 107 { tmp } else { std::path::Path::new("/tmp") };
+    std::fs::create_dir_all(base)?;
+    tempfile::Builder::new().prefix("watchdog-").tempdir_in(base)
+}
+
+fn function_error(kind: ErrorKind, message: String) -> InvokeError {
+    match kind {
+        ErrorKind::Permanent => InvokeError::Permanent(message),
+        ErrorKind::Retryable => InvokeError::Retryable(message),
+        _ => InvokeError::FunctionInternal(message),
+    }
+}
+
+/// Sends Cancel for a stream abandoned before its response head (client gone, deadline, failure).
+struct CancelOnDrop {
+    conn: Arc<Connection>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.cancel(self.id, "request abandoned");
+        }
+    }
+}
+
+/// Streams the request body to the worker within the stream's credit; enforces the body limits.
+async fn pump_body(conn: Arc<Connection>, id: u64, shared: Arc<StreamShared>, mut body: RequestBody, limits: BodyLimits) {
+    let mut received: u64 = 0;
+    loop {
+        if shared.is_closed() {
+            return;
+        }
+        let next = match limits.read_deadline {
+            Some(deadline) => match timeout_at(deadline, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => {
+                    shared.abort(InvokeError::ReadTimeout(limits.read_timeout));
+                    return;
+                }
+            },
+            None => body.frame().await,
+        };
+        let Some(frame) = next else { break };
+        let Ok(frame) = frame else {
+            // The client's body failed: the client is gone, and its response with it.
+            conn.cancel(id, "client request body failed");
+            return;
+        };
+        let Ok(mut data) = frame.into_data() else { continue };
+        received += data.len() as u64;
+        if limits.max_bytes > 0 && received > limits.max_bytes {
+            shared.abort(InvokeError::BodyTooLarge { limit: limits.max_bytes });
+            return;
+        }
+        while !data.is_empty() {
+            let want = data.len().min(conn.limits.max_chunk);
+            let Some(granted) = shared.take_credit(want).await else { return };
+            conn.send_data(id, data.split_to(granted));
+        }
+    }
+    if !shared.is_closed() {
+        conn.send_end(id);
+    }
+}
+
+/// The response body as the worker streams it; returns credit as the client consumes it, and cancels the
+/// stream if dropped before the end.
+struct FramedBody {
+    events: mpsc::UnboundedReceiver<StreamEvent>,
+    conn: Arc<Connection>,
+    shared: Arc<StreamShared>,
+    id: u64,
+    consumed: usize,
+    deadline: Option<Pin<Box<Sleep>>>,
+    finished: bool,
+    _lease: Lease,
+}
+
+impl http_body::Body for FramedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<BodyFrame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.finished = true;
+                this.conn.cancel(this.id, "deadline exceeded");
+                return Poll::Ready(Some(Err(std::io::Error::other("deadline exceeded while streaming the response"))));
+            }
+        }
+        match this.events.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(StreamEvent::Data(data))) => {
+                this.consumed += data.len();
+                let half = (this.conn.limits.initial_window / 2) as usize;
+                if this.consumed >= half {
+                    this.conn.return_credit(this.id, &this.shared, this.consumed);
+                    this.consumed = 0;
+                }
+                Poll::Ready(Some(Ok(BodyFrame::data(data))))
+            }
+            Poll::Ready(Some(StreamEvent::End(_))) | Poll::Ready(None) => {
+                this.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(StreamEvent::Error(_, message))) => {
+                this.finished = true;
+                Poll::Ready(Some(Err(std::io::Error::other(format!("the function failed mid-response: {message}")))))
+            }
+            Poll::Ready(Some(StreamEvent::Gone(reason))) => {
+                this.finished = true;
+                Poll::Ready(Some(Err(std::io::Error::other(reason))))
+            }
+            Poll::Ready(Some(StreamEvent::Aborted(error))) => {
+                this.finished = true;
+                this.conn.cancel(this.id, "request aborted");
+                Poll::Ready(Some(Err(std::io::Error::other(error.to_string()))))
+            }
+            Poll::Ready(Some(StreamEvent::Head(_))) => {
+                this.finished = true;
+                Poll::Ready(Some(Err(std::io::Error::other("second response head"))))
+            }
+        }
+    }
+}
+
+impl Drop for FramedBody {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.cancel(self.id, "client disconnected");
+        }
+    }
+}

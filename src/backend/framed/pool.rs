@@ -1,0 +1,548 @@
+//! `WorkerPool`: the http-mode workers. Each slot runs a supervisor that starts the function process, accepts
+//! its connection on a private Unix socket, shakes hands, pings it, and restarts it with backoff when it exits
+//! or breaks the protocol. Requests lease the least-loaded ready worker that has room, or wait in arrival order.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::net::UnixListener;
+use tokio::process::{Child, Command};
+use tokio::sync::{oneshot, Notify};
+use tokio::time::{sleep, timeout, Instant};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{FrameCodec, HANDSHAKE_MAX_FRAME, MAX_FRAME};
+use super::connection::{Connection, Limits};
+use crate::backend::logs::log_lines;
+use crate::backend::process::describe_exit;
+use crate::envelope::pb::watchdog::v1::{frame::Kind, Drain, Frame, HelloAck, Ping, Shutdown};
+use crate::metrics::Metrics;
+use crate::reaper::ChildRegistry;
+
+/// Timing of the pool; shortened in tests.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// First restart delay; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest restart delay.
+    pub backoff_max: Duration,
+    /// A worker ready this long resets the backoff.
+    pub backoff_reset: Duration,
+    /// Interval between pings.
+    pub ping_interval: Duration,
+    /// A worker whose last pong is older than this is killed.
+    pub ping_timeout: Duration,
+    /// Limit on the Hello after connecting.
+    pub hello_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            backoff_reset: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(15),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits each stream starts with.
+pub const LIMITS: Limits = Limits { max_chunk: 64 * 1024, initial_window: 256 * 1024 };
+
+/// A place on a worker, held for one request; returned (or handed to the next waiter) on drop.
+pub struct Lease {
+    /// The worker's connection.
+    pub conn: Arc<Connection>,
+    pool: Arc<PoolShared>,
+    slot: usize,
+    generation: u64,
+    armed: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.release(self.slot, self.generation);
+        }
+    }
+}
+
+/// Why no worker could be leased.
+#[derive(Debug)]
+pub enum LeaseError {
+    /// The wait queue is full.
+    QueueFull,
+    /// The deadline passed while waiting; the message says why (no worker ready, or all busy).
+    TimedOut(String),
+}
+
+struct ReadyWorker {
+    conn: Arc<Connection>,
+    in_flight: u32,
+    generation: u64,
+}
+
+impl ReadyWorker {
+    fn has_room(&self) -> bool {
+        self.conn.max_concurrency == 0 || self.in_flight < self.conn.max_concurrency
+    }
+}
+
+struct PoolState {
+    workers: Vec<Option<ReadyWorker>>,
+    waiters: VecDeque<oneshot::Sender<Lease>>,
+    last_error: Option<String>,
+    generation: u64,
+}
+
+struct PoolShared {
+    state: Mutex<PoolState>,
+    first_ready: Notify,
+    queue_limit: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PoolShared {
+    fn release(self: &Arc<Self>, slot: usize, generation: u64) {
+        let mut state = lock(&self.state);
+        let Some(worker) = state.workers[slot].as_mut().filter(|w| w.generation == generation) else { return };
+        worker.in_flight -= 1;
+        self.serve_waiters(&mut state);
+    }
+
+    /// Hands free places to waiters, oldest first.
+    fn serve_waiters(self: &Arc<Self>, state: &mut PoolState) {
+        while !state.waiters.is_empty() {
+            let Some(slot) = least_loaded(&state.workers) else { return };
+            let waiter = state.waiters.pop_front().expect("checked non-empty");
+            if waiter.is_closed() {
+                continue;
+            }
+            let worker = state.workers[slot].as_mut().expect("least_loaded returns a ready worker");
+            worker.in_flight += 1;
+            let lease =
+                Lease { conn: Arc::clone(&worker.conn), pool: Arc::clone(self), slot, generation: worker.generation, armed: true };
+            if let Err(mut lease) = waiter.send(lease) {
+                // The waiter gave up meanwhile: undo without re-entering the lock.
+                lease.armed = false;
+                worker.in_flight -= 1;
+            }
+        }
+    }
+}
+
+fn least_loaded(workers: &[Option<ReadyWorker>]) -> Option<usize> {
+    workers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.as_ref().filter(|w| w.has_room()).map(|w| (i, w.in_flight)))
+        .min_by_key(|(_, load)| *load)
+        .map(|(i, _)| i)
+}
+
+/// What the supervisors need to start workers.
+#[derive(Clone)]
+pub struct WorkerSpec {
+    /// The function's command line.
+    pub argv: Vec<String>,
+    /// Directory of the workers' sockets.
+    pub socket_dir: PathBuf,
+    /// Longest log line from a worker's stdout/stderr.
+    pub log_buffer_size: usize,
+    /// The watchdog's children, for PID 1 reaping.
+    pub children: Arc<ChildRegistry>,
+    /// Metrics to update.
+    pub metrics: Arc<Metrics>,
+    /// Timing constants.
+    pub timing: Timing,
+}
+
+/// The http-mode workers.
+pub struct WorkerPool {
+    shared: Arc<PoolShared>,
+    stop: CancellationToken,
+    supervisors: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl WorkerPool {
+    /// Starts `workers` supervisors.
+    pub fn start(workers: usize, queue_limit: usize, spec: WorkerSpec) -> Arc<WorkerPool> {
+        let shared = Arc::new(PoolShared {
+            state: Mutex::new(PoolState {
+                workers: (0..workers).map(|_| None).collect(),
+                waiters: VecDeque::new(),
+                last_error: None,
+                generation: 0,
+            }),
+            first_ready: Notify::new(),
+            queue_limit,
+        });
+        let stop = CancellationToken::new();
+        let supervisors = (0..workers)
+            .map(|slot| tokio::spawn(supervise(Arc::clone(&shared), slot, spec.clone(), stop.clone())))
+            .collect();
+        Arc::new(WorkerPool { shared, stop, supervisors: Mutex::new(supervisors) })
+    }
+
+    /// Leases a place on a worker, waiting in arrival order until `deadline`.
+    pub async fn lease(&self, deadline: Option<Instant>) -> Result<Lease, LeaseError> {
+        let rx = {
+            let mut state = lock(&self.shared.state);
+            if state.waiters.is_empty() {
+                if let Some(slot) = least_loaded(&state.workers) {
+                    let worker = state.workers[slot].as_mut().expect("ready");
+                    worker.in_flight += 1;
+                    return Ok(Lease {
+                        conn: Arc::clone(&worker.conn),
+                        pool: Arc::clone(&self.shared),
+                        slot,
+                        generation: worker.generation,
+                        armed: true,
+                    });
+                }
+            }
+            state.waiters.retain(|w| !w.is_closed());
+            if state.waiters.len() >= self.shared.queue_limit {
+                return Err(LeaseError::QueueFull);
+            }
+            let (tx, rx) = oneshot::channel();
+            state.waiters.push_back(tx);
+            rx
+        };
+        let waited = match deadline {
+            Some(deadline) => timeout(deadline.saturating_duration_since(Instant::now()), rx).await.ok(),
+            None => Some(rx.await),
+        };
+        match waited {
+            Some(Ok(lease)) => Ok(lease),
+            _ => Err(LeaseError::TimedOut(self.unavailable_reason())),
+        }
+    }
+
+    /// Why requests cannot be served now: the last worker error, or that every worker is busy.
+    pub fn unavailable_reason(&self) -> String {
+        let state = lock(&self.shared.state);
+        if state.workers.iter().any(Option::is_some) {
+            "all workers are busy".to_string()
+        } else {
+            match &state.last_error {
+                Some(error) => format!("no worker is ready: {error}"),
+                None => "no worker is ready yet".to_string(),
+            }
+        }
+    }
+
+    /// `Ok` when at least one worker is ready, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let state = lock(&self.shared.state);
+        if state.workers.iter().any(Option::is_some) {
+            Ok(())
+        } else {
+            Err(match &state.last_error {
+                Some(error) => format!("no worker is ready: {error}"),
+                None => "no worker is ready yet".to_string(),
+            })
+        }
+    }
+
+    /// Resolves once a worker has been ready.
+    pub async fn first_ready(&self) {
+        loop {
+            let notified = self.shared.first_ready.notified();
+            if lock(&self.shared.state).workers.iter().any(Option::is_some) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Tells every worker that no new requests will come.
+    pub fn drain(&self) {
+        for worker in lock(&self.shared.state).workers.iter().flatten() {
+            worker.conn.send(Frame { stream_id: 0, kind: Some(Kind::Drain(Drain {})) });
+        }
+    }
+
+    /// Stops every worker: a Shutdown frame, `grace` to exit, then SIGTERM, then SIGKILL; waits for them.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop.cancel();
+        let supervisors: Vec<_> = lock(&self.supervisors).drain(..).collect();
+        for supervisor in supervisors {
+            let _ = timeout(grace + Duration::from_secs(4), supervisor).await;
+        }
+    }
+}
+
+/// Runs one worker slot until the pool stops.
+async fn supervise(pool: Arc<PoolShared>, slot: usize, spec: WorkerSpec, stop: CancellationToken) {
+    let mut backoff = spec.timing.backoff_min;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let outcome = run_worker(&pool, slot, &spec, &stop).await;
+        {
+            let mut state = lock(&pool.state);
+            if state.workers[slot].take().is_some() {
+                spec.metrics.workers_ready.dec();
+            }
+            state.last_error = Some(outcome.reason.clone());
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+        if outcome.ready_for >= spec.timing.backoff_reset {
+            backoff = spec.timing.backoff_min;
+        }
+        tracing::warn!("worker {slot}: {}; restarting in {:?}", outcome.reason, backoff);
+        spec.metrics.worker_restarts.inc();
+        tokio::select! {
+            _ = sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(spec.timing.backoff_max);
+    }
+}
+
+struct Outcome {
+    reason: String,
+    ready_for: Duration,
+}
+
+/// A started worker process.
+struct WorkerProcess {
+    child: Child,
+    group: Pid,
+    reaped: bool,
+    children: Arc<ChildRegistry>,
+}
+
+impl WorkerProcess {
+    fn signal(&self, signal: Signal) {
+        if !self.reaped {
+            let _ = killpg(self.group, signal);
+        }
+    }
+
+    async fn wait(&mut self) -> String {
+        match self.child.wait().await {
+            Ok(status) => {
+                self.reaped = true;
+                describe_exit(status).unwrap_or_else(|| "exit status 0".into())
+            }
+            Err(e) => format!("cannot wait for the worker: {e}"),
+        }
+    }
+
+    /// Kills the group and reaps the leader.
+    async fn kill(&mut self) -> String {
+        self.signal(Signal::SIGKILL);
+        self.wait().await
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.children.forget(self.group.as_raw());
+    }
+}
+
+fn spawn_worker(spec: &WorkerSpec, socket: &Path) -> Result<WorkerProcess, String> {
+    let (program, args) = spec.argv.split_first().ok_or("no fprocess")?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env("WATCHDOG_SOCKET", socket)
+        .env("WATCHDOG_PROTOCOL", "watchdog.v1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = spec
+        .children
+        .spawn(|| {
+            let child = command.spawn()?;
+            let pid = child.id().unwrap_or_default() as i32;
+            Ok::<_, std::io::Error>((child, pid))
+        })
+        .map_err(|e| crate::backend::process::describe_spawn_error(program, &e))?;
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(log_lines(stdout, "stdout", spec.log_buffer_size));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(log_lines(stderr, "stderr", spec.log_buffer_size));
+    }
+    let group = Pid::from_raw(child.id().unwrap_or_default() as i32);
+    Ok(WorkerProcess { child, group, reaped: false, children: Arc::clone(&spec.children) })
+}
+
+/// Starts, connects and serves one worker until it stops; returns why it stopped.
+async fn run_worker(pool: &Arc<PoolShared>, slot: usize, spec: &WorkerSpec, stop: &CancellationToken) -> Outcome {
+    let not_ready = |reason: String| Outcome { reason, ready_for: Duration::ZERO };
+    let socket = spec.socket_dir.join(format!("worker-{slot}.sock"));
+    let _ = std::fs::remove_file(&socket);
+    let listener = match UnixListener::bind(&socket) {
+        Ok(listener) => listener,
+        Err(e) => return not_ready(format!("cannot listen on {}: {e}", socket.display())),
+    };
+    let mut process = match spawn_worker(spec, &socket) {
+        Ok(process) => process,
+        Err(e) => return not_ready(format!("cannot start: {e}")),
+    };
+
+    let stream = tokio::select! {
+        accepted = listener.accept() => match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => return not_ready(format!("accept failed: {e}; {}", process.kill().await)),
+        },
+        status = process.wait() => return not_ready(format!("exited before connecting ({status})")),
+        _ = stop.cancelled() => { process.kill().await; return not_ready("stopped".into()); }
+    };
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
+    let (read, write) = stream.into_split();
+    let mut reader = FramedRead::new(read, FrameCodec::new(HANDSHAKE_MAX_FRAME));
+    let mut writer = FramedWrite::new(write, FrameCodec::new(MAX_FRAME));
+
+    // Hello → HelloAck.
+    let hello = tokio::select! {
+        frame = timeout(spec.timing.hello_timeout, reader.next()) => frame,
+        status = process.wait() => return not_ready(format!("exited during the handshake ({status})")),
+    };
+    let hello = match hello {
+        Ok(Some(Ok(Frame { kind: Some(Kind::Hello(hello)), .. }))) => hello,
+        Ok(Some(Ok(_))) => return not_ready(format!("protocol error: the first frame is not Hello; {}", process.kill().await)),
+        Ok(Some(Err(e))) => return not_ready(format!("protocol error: {e}; {}", process.kill().await)),
+        Ok(None) => return not_ready(format!("closed the connection before Hello ({})", process.wait().await)),
+        Err(_) => return not_ready(format!("sent no Hello within {:?}; {}", spec.timing.hello_timeout, process.kill().await)),
+    };
+    if hello.protocol != "watchdog.v1" {
+        return not_ready(format!("speaks {:?}, not watchdog.v1; {}", hello.protocol, process.kill().await));
+    }
+    let ack = HelloAck {
+        max_frame_bytes: MAX_FRAME as u32,
+        max_chunk_bytes: LIMITS.max_chunk as u32,
+        initial_window_bytes: LIMITS.initial_window as u32,
+        worker_id: slot as u32,
+    };
+    if writer.send(Frame { stream_id: 0, kind: Some(Kind::HelloAck(ack)) }).await.is_err() {
+        return not_ready(format!("connection lost during the handshake ({})", process.wait().await));
+    }
+    reader.decoder_mut().set_max_frame(MAX_FRAME);
+    tracing::info!("worker {slot}: {} {} connected", hello.sdk_name, hello.sdk_version);
+
+    // Ready (or InitError), however long initialisation takes.
+    let started = Instant::now();
+    let mut reminder = tokio::time::interval_at(started + Duration::from_secs(10), Duration::from_secs(10));
+    loop {
+        let frame = tokio::select! {
+            frame = reader.next() => frame,
+            status = process.wait() => return not_ready(format!("exited before it was ready ({status})")),
+            _ = reminder.tick() => {
+                tracing::warn!("worker {slot}: not ready after {:?}", started.elapsed());
+                continue;
+            }
+            _ = stop.cancelled() => { process.kill().await; return not_ready("stopped".into()); }
+        };
+        match frame {
+            Some(Ok(Frame { kind: Some(Kind::Ready(_)), .. })) => break,
+            Some(Ok(Frame { kind: Some(Kind::InitError(e)), .. })) => {
+                let exit = timeout(Duration::from_secs(1), process.wait()).await;
+                let exit = match exit {
+                    Ok(status) => status,
+                    Err(_) => process.kill().await,
+                };
+                return not_ready(format!("failed to initialise: {} ({exit})", e.message));
+            }
+            Some(Ok(Frame { kind: Some(Kind::Log(_) | Kind::Ping(_) | Kind::Pong(_)), .. })) => {}
+            Some(Ok(_)) => return not_ready(format!("protocol error: unexpected frame before Ready; {}", process.kill().await)),
+            Some(Err(e)) => return not_ready(format!("protocol error: {e}; {}", process.kill().await)),
+            None => return not_ready(format!("closed the connection before Ready ({})", process.wait().await)),
+        }
+    }
+
+    let max_concurrency = hello.max_concurrency;
+    let conn = Connection::start(slot as u32, max_concurrency, LIMITS, writer.into_inner());
+    let ready_at = Instant::now();
+    {
+        let mut state = lock(&pool.state);
+        state.generation += 1;
+        let generation = state.generation;
+        state.workers[slot] = Some(ReadyWorker { conn: Arc::clone(&conn), in_flight: 0, generation });
+        spec.metrics.workers_ready.inc();
+        pool.serve_waiters(&mut state);
+    }
+    pool.first_ready.notify_waiters();
+    tracing::info!("worker {slot}: ready (max_concurrency {max_concurrency})");
+
+    let reading = conn.read(reader);
+    tokio::pin!(reading);
+    let mut pings = tokio::time::interval_at(ready_at + spec.timing.ping_interval, spec.timing.ping_interval);
+    let mut nonce = 0u64;
+    let mut last_answered = Instant::now();
+    let reason = loop {
+        tokio::select! {
+            result = &mut reading => {
+                let reason = match result {
+                    Ok(()) => {
+                        let exit = timeout(Duration::from_secs(1), process.wait()).await;
+                        match exit {
+                            Ok(status) => format!("worker exited ({status})"),
+                            Err(_) => format!("worker closed its connection and was killed ({})", process.kill().await),
+                        }
+                    }
+                    Err(violation) => format!("worker broke the protocol ({violation}) and was killed ({})", process.kill().await),
+                };
+                break reason;
+            }
+            status = process.wait() => break format!("worker exited ({status})"),
+            _ = pings.tick() => {
+                if conn.last_pong() >= nonce {
+                    last_answered = Instant::now();
+                } else if last_answered.elapsed() >= spec.timing.ping_timeout {
+                    break format!("worker stopped answering pings for {:?} and was killed ({})", spec.timing.ping_timeout, process.kill().await);
+                }
+                nonce += 1;
+                conn.send(Frame { stream_id: 0, kind: Some(Kind::Ping(Ping { nonce })) });
+            }
+            _ = stop.cancelled() => {
+                // Requests have drained by now; ask the worker to exit, then make sure it does.
+                conn.send(Frame { stream_id: 0, kind: Some(Kind::Shutdown(Shutdown { grace_ms: 2000 })) });
+                let exited = timeout(Duration::from_secs(2), process.wait()).await;
+                let status = match exited {
+                    Ok(status) => status,
+                    Err(_) => {
+                        process.signal(Signal::SIGTERM);
+                        match timeout(Duration::from_secs(2), process.wait()).await {
+                            Ok(status) => status,
+                            Err(_) => process.kill().await,
+                        }
+                    }
+                };
+                break format!("worker stopped ({status})");
+            }
+        }
+    };
+    {
+        let mut state = lock(&pool.state);
+        if state.workers[slot].take().is_some() {
+            spec.metrics.workers_ready.dec();
+        }
+    }
+    conn.fail_all(&reason);
+    Outcome { reason, ready_for: ready_at.elapsed() }
+}
