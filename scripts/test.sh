@@ -1,16 +1,45 @@
 #!/usr/bin/env bash
-# Runs every test of the project. Installs nothing today beyond the Rust toolchain; SDK test setups are added
-# here as they land, so that a fresh machine needs only this script. Ends with one "N passed, N failed" line
-# summing every test binary.
-set -euo pipefail
+# Runs every test of the project on a fresh machine: installs what the SDK tests need (a Python venv with the
+# pinned protobuf and pytest in sdk/python/.venv; the locked npm packages in sdk/node/node_modules), runs the
+# Python and Node SDK suites, then every Rust test (which also drives the SDKs end to end against the real
+# binary). Ends with one "N passed, N failed" line summing all of them.
+set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 status=0
-cargo test --locked 2>&1 | tee "$log" || status=$?
 
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "%d passed, %d failed\n", p, f }' "$log"
+run() { # run NAME COMMAND...
+    local name=$1
+    shift
+    echo "== $name: $*"
+    "$@" 2>&1 | tee "$logs/$name.log"
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" -ne 0 ]; then
+        echo "== $name failed (exit $rc)"
+        status=1
+    fi
+}
+
+run python bash sdk/python/run-tests.sh -q
+run node bash sdk/node/run-tests.sh
+run cargo cargo test --locked --workspace
+
+passed=0
+failed=0
+add() { passed=$((passed + ${1:-0})); failed=$((failed + ${2:-0})); }
+# cargo: "test result: ok. 51 passed; 0 failed; ..."
+read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+    END { print p + 0, f + 0 }' "$logs/cargo.log")
+add "$p" "$f"
+# pytest: "83 passed in 24.65s" or "1 failed, 82 passed in ..."
+read -r p f < <(awk '/ in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p = $i; if ($(i+1) ~ /^failed/) f = $i } }
+    END { print p + 0, f + 0 }' "$logs/python.log")
+add "$p" "$f"
+# node --test: "# pass 44" and "# fail 0"
+read -r p f < <(awk '/^# pass / { p = $3 } /^# fail / { f = $3 } END { print p + 0, f + 0 }' "$logs/node.log")
+add "$p" "$f"
+
+echo "$passed passed, $failed failed"
 exit "$status"

@@ -40,9 +40,7 @@ pub async fn ready(ingress: &Ingress, req: Request<Incoming>) -> Response<Respon
     if req.method() != Method::GET {
         return status_only(StatusCode::METHOD_NOT_ALLOWED);
     }
-    if !ingress.lifecycle.healthy() {
-        return status_only(StatusCode::SERVICE_UNAVAILABLE);
-    }
+    // Before the lock file exists in http mode, say why no worker is ready.
     if let Err(reason) = ingress.backend.readiness() {
         return Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
@@ -50,6 +48,9 @@ pub async fn ready(ingress: &Ingress, req: Request<Incoming>) -> Response<Respon
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .body(body::full(format!("{reason}\n")))
             .expect("valid response");
+    }
+    if !ingress.lifecycle.healthy() {
+        return status_only(StatusCode::SERVICE_UNAVAILABLE);
     }
     if ingress.limiter.is_full() {
         return status_only(StatusCode::TOO_MANY_REQUESTS);

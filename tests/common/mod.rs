@@ -34,6 +34,19 @@ impl Server {
 
     /// Starts a watchdog whose TMPDIR is `tmp` (so scripts can be put there first).
     pub async fn start_in(tmp: tempfile::TempDir, vars: &[(&str, &str)]) -> Server {
+        let server = Server::launch(tmp, vars).await;
+        server.wait_healthy().await;
+        server
+    }
+
+    /// Starts a watchdog without waiting for it to become healthy.
+    pub async fn start_in_unready(tmp: tempfile::TempDir, vars: &[(&str, &str)]) -> Server {
+        let server = Server::launch(tmp, vars).await;
+        // The listener is bound before run() starts, so requests work at once.
+        server
+    }
+
+    async fn launch(tmp: tempfile::TempDir, vars: &[(&str, &str)]) -> Server {
         let mut map: HashMap<String, String> = HashMap::new();
         map.insert("TMPDIR".into(), tmp.path().display().to_string());
         map.insert("metrics_port".into(), "0".into());
@@ -49,9 +62,7 @@ impl Server {
             let _ = rx.await;
             ng_watchdog::Shutdown::Graceful
         }));
-        let server = Server { addr, tmp, shutdown: Some(tx), handle: Some(handle) };
-        server.wait_healthy().await;
-        server
+        Server { addr, tmp, shutdown: Some(tx), handle: Some(handle) }
     }
 
     /// Full URL of `path`.

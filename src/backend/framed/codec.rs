@@ -19,10 +19,8 @@ pub enum FrameError {
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
     /// A length prefix above the maximum.
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    #[error("frame exceeds the maximum of {max} bytes")]
     TooLarge {
-        /// Announced length.
-        len: usize,
         /// The limit in force.
         max: usize,
     },
@@ -43,7 +41,8 @@ pub struct FrameCodec {
 impl FrameCodec {
     /// A codec accepting frames of at most `max` bytes.
     pub fn new(max: usize) -> FrameCodec {
-        let inner = LengthDelimitedCodec::builder().length_field_length(4).big_endian().max_frame_length(max).new_codec();
+        let inner =
+            LengthDelimitedCodec::builder().length_field_length(4).big_endian().max_frame_length(max).new_codec();
         FrameCodec { inner, max }
     }
 
@@ -59,13 +58,15 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        if src.len() >= 4 {
-            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-            if len > self.max {
-                return Err(FrameError::TooLarge { len, max: self.max });
+        let decoded = self.inner.decode(src).map_err(|e| {
+            let too_large = e.get_ref().is_some_and(|inner| inner.is::<tokio_util::codec::LengthDelimitedCodecError>());
+            if too_large {
+                FrameError::TooLarge { max: self.max }
+            } else {
+                FrameError::Io(e)
             }
-        }
-        let Some(bytes) = self.inner.decode(src)? else { return Ok(None) };
+        })?;
+        let Some(bytes) = decoded else { return Ok(None) };
         let frame = Frame::decode(bytes)?;
         if frame.kind.is_none() {
             return Err(FrameError::Empty);
@@ -125,13 +126,19 @@ mod tests {
     async fn partial_frames_wait_for_the_rest() {
         let mut bytes = BytesMut::new();
         encode_frame(&ping(0, 42), &mut bytes);
+        // A large frame arriving in pieces: the codec must not mistake payload bytes for a length prefix.
+        let big = Frame { stream_id: 9, kind: Some(Kind::Data(Data { data: vec![0xAB; 200_000].into() })) };
+        encode_frame(&big, &mut bytes);
         let (mut a, b) = tokio::io::duplex(1024);
         let mut reader = FramedRead::new(b, FrameCodec::new(MAX_FRAME));
-        for byte in bytes.iter() {
-            a.write_all(&[*byte]).await.unwrap();
-        }
-        drop(a);
+        tokio::spawn(async move {
+            for piece in bytes.chunks(1000) {
+                a.write_all(piece).await.unwrap();
+            }
+            // `a` drops here: the reader then sees the end.
+        });
         assert_eq!(reader.next().await.unwrap().unwrap(), ping(0, 42));
+        assert_eq!(reader.next().await.unwrap().unwrap(), big);
         assert!(reader.next().await.is_none());
     }
 
@@ -141,7 +148,7 @@ mod tests {
         let mut reader = FramedRead::new(b, FrameCodec::new(1000));
         a.write_all(&1001u32.to_be_bytes()).await.unwrap();
         match reader.next().await.unwrap() {
-            Err(FrameError::TooLarge { len: 1001, max: 1000 }) => {}
+            Err(FrameError::TooLarge { max: 1000 }) => {}
             other => panic!("expected TooLarge, got {other:?}"),
         }
     }

@@ -81,7 +81,8 @@ impl StreamShared {
             let credit = self.send_credit.load(Ordering::SeqCst);
             if credit > 0 {
                 let take = credit.min(want as i64);
-                if self.send_credit.compare_exchange(credit, credit - take, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                if self.send_credit.compare_exchange(credit, credit - take, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                {
                     return Some(take as usize);
                 }
                 continue;
@@ -239,7 +240,7 @@ impl Connection {
         let id = frame.stream_id;
         let kind = frame.kind.ok_or("frame without a kind")?;
         let stream = |what: &str| -> Result<Option<Arc<StreamShared>>, String> {
-            if id == 0 || id % 2 == 0 || id >= self.next_stream.load(Ordering::SeqCst) {
+            if id == 0 || id.is_multiple_of(2) || id >= self.next_stream.load(Ordering::SeqCst) {
                 return Err(format!("{what} on stream {id}, which the watchdog never opened"));
             }
             Ok(lock(&self.streams).get(&id).cloned())
@@ -302,11 +303,9 @@ impl Connection {
                     shared.credit_changed.notify_waiters();
                 }
             }
-            Kind::HelloAck(_)
-            | Kind::RequestHead(_)
-            | Kind::Cancel(_)
-            | Kind::Drain(_)
-            | Kind::Shutdown(_) => return Err("the worker sent a frame only the watchdog may send".into()),
+            Kind::HelloAck(_) | Kind::RequestHead(_) | Kind::Cancel(_) | Kind::Drain(_) | Kind::Shutdown(_) => {
+                return Err("the worker sent a frame only the watchdog may send".into())
+            }
         }
         Ok(())
     }

@@ -184,7 +184,13 @@ impl Drop for CancelOnDrop {
 }
 
 /// Streams the request body to the worker within the stream's credit; enforces the body limits.
-async fn pump_body(conn: Arc<Connection>, id: u64, shared: Arc<StreamShared>, mut body: RequestBody, limits: BodyLimits) {
+async fn pump_body(
+    conn: Arc<Connection>,
+    id: u64,
+    shared: Arc<StreamShared>,
+    mut body: RequestBody,
+    limits: BodyLimits,
+) {
     let mut received: u64 = 0;
     loop {
         if shared.is_closed() {
@@ -240,7 +246,10 @@ impl http_body::Body for FramedBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<BodyFrame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
         if this.finished {
             return Poll::Ready(None);

@@ -133,8 +133,13 @@ impl PoolShared {
             }
             let worker = state.workers[slot].as_mut().expect("least_loaded returns a ready worker");
             worker.in_flight += 1;
-            let lease =
-                Lease { conn: Arc::clone(&worker.conn), pool: Arc::clone(self), slot, generation: worker.generation, armed: true };
+            let lease = Lease {
+                conn: Arc::clone(&worker.conn),
+                pool: Arc::clone(self),
+                slot,
+                generation: worker.generation,
+                armed: true,
+            };
             if let Err(mut lease) = waiter.send(lease) {
                 // The waiter gave up meanwhile: undo without re-entering the lock.
                 lease.armed = false;
@@ -425,10 +430,14 @@ async fn run_worker(pool: &Arc<PoolShared>, slot: usize, spec: &WorkerSpec, stop
     };
     let hello = match hello {
         Ok(Some(Ok(Frame { kind: Some(Kind::Hello(hello)), .. }))) => hello,
-        Ok(Some(Ok(_))) => return not_ready(format!("protocol error: the first frame is not Hello; {}", process.kill().await)),
+        Ok(Some(Ok(_))) => {
+            return not_ready(format!("protocol error: the first frame is not Hello; {}", process.kill().await))
+        }
         Ok(Some(Err(e))) => return not_ready(format!("protocol error: {e}; {}", process.kill().await)),
         Ok(None) => return not_ready(format!("closed the connection before Hello ({})", process.wait().await)),
-        Err(_) => return not_ready(format!("sent no Hello within {:?}; {}", spec.timing.hello_timeout, process.kill().await)),
+        Err(_) => {
+            return not_ready(format!("sent no Hello within {:?}; {}", spec.timing.hello_timeout, process.kill().await))
+        }
     };
     if hello.protocol != "watchdog.v1" {
         return not_ready(format!("speaks {:?}, not watchdog.v1; {}", hello.protocol, process.kill().await));
@@ -469,7 +478,9 @@ async fn run_worker(pool: &Arc<PoolShared>, slot: usize, spec: &WorkerSpec, stop
                 return not_ready(format!("failed to initialise: {} ({exit})", e.message));
             }
             Some(Ok(Frame { kind: Some(Kind::Log(_) | Kind::Ping(_) | Kind::Pong(_)), .. })) => {}
-            Some(Ok(_)) => return not_ready(format!("protocol error: unexpected frame before Ready; {}", process.kill().await)),
+            Some(Ok(_)) => {
+                return not_ready(format!("protocol error: unexpected frame before Ready; {}", process.kill().await))
+            }
             Some(Err(e)) => return not_ready(format!("protocol error: {e}; {}", process.kill().await)),
             None => return not_ready(format!("closed the connection before Ready ({})", process.wait().await)),
         }

@@ -1,0 +1,12 @@
+"""Echo: answers every request with its own body and content type (ng-watchdog http mode)."""
+
+import watchdog_sdk
+
+
+def handle(request):
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    return watchdog_sdk.Response(200, {"content-type": content_type}, request.body)
+
+
+if __name__ == "__main__":
+    watchdog_sdk.serve(handle)

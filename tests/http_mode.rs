@@ -1,0 +1,216 @@
+//! http mode end to end, against `examples/fake_worker.rs` (a worker that misbehaves on request): readiness,
+//! streaming both ways, concurrency, worker crashes and protocol violations, restarts, draining.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use futures_util::StreamExt;
+
+/// The fake worker binary, built by `cargo test` with the other examples.
+fn fake_worker() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join("examples").join("fake_worker");
+    assert!(path.exists(), "{} is missing: cargo test builds it with the examples", path.display());
+    path
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn start(extra: &[(&str, &str)]) -> Server {
+    let worker = fake_worker();
+    let mut vars = vec![("mode", "http"), ("fprocess", worker.to_str().unwrap())];
+    vars.extend_from_slice(extra);
+    Server::start(&vars).await
+}
+
+async fn eventually_ready(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if client().get(server.url("/_/ready")).send().await.unwrap().status() == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no worker became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn echoes_through_a_worker() {
+    let server = start(&[]).await;
+    let resp =
+        client().post(server.url("/echo")).header("content-type", "text/plain").body("hello").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/plain");
+    assert_eq!(resp.text().await.unwrap(), "hello");
+    assert_eq!(client().get(server.url("/_/ready")).send().await.unwrap().status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn many_requests_at_once_on_one_worker() {
+    let server = start(&[]).await;
+    let requests = (0..64).map(|i| {
+        let url = server.url("/echo");
+        async move {
+            let body = format!("request number {i}");
+            let text = client().post(url).body(body.clone()).send().await.unwrap().text().await.unwrap();
+            assert_eq!(text, body);
+        }
+    });
+    futures_util::stream::iter(requests).buffer_unordered(64).collect::<Vec<_>>().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn eight_mebibytes_both_ways() {
+    let server = start(&[]).await;
+    let chunk: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let expected: Vec<u8> = chunk.iter().copied().cycle().take(8 << 20).collect();
+    let stream = futures_util::stream::iter((0..8).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let resp = client().post(server.url("/echo")).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body[..body.len().min(500)]));
+    assert_eq!(body.len(), expected.len());
+    assert!(body[..] == expected[..]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn error_kinds_map_to_status_codes() {
+    let server = start(&[]).await;
+    for (path, status) in [("/permanent", 400), ("/retryable", 503), ("/internal", 500)] {
+        let resp = client().post(server.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+        assert!(resp.text().await.unwrap().contains("failure"), "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_mid_request_is_502_naming_the_exit_and_the_worker_restarts() {
+    let server = start(&[]).await;
+    let resp = client().post(server.url("/crash")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("exit status 7"), "{text}");
+    eventually_ready(&server).await;
+    let resp = client().post(server.url("/echo")).body("again").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "again");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_request_in_flight_on_a_crashing_worker_gets_one_answer() {
+    let server = start(&[]).await;
+    let slow: Vec<_> = (0..5).map(|_| tokio::spawn(client().post(server.url("/sleep")).send())).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let crash = client().post(server.url("/crash")).send().await.unwrap();
+    assert_eq!(crash.status(), 502);
+    for request in slow {
+        let resp = request.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 502);
+        assert!(resp.text().await.unwrap().contains("exit status 7"));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_protocol_violation_kills_and_restarts_the_worker() {
+    let server = start(&[]).await;
+    let resp = client().post(server.url("/garbage")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(resp.text().await.unwrap().contains("protocol"));
+    eventually_ready(&server).await;
+    assert_eq!(client().post(server.url("/echo")).body("ok").send().await.unwrap().text().await.unwrap(), "ok");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stdout_noise_is_logged_not_mixed_with_frames() {
+    let server = start(&[]).await;
+    for _ in 0..20 {
+        let resp = client().post(server.url("/noise")).body("payload").send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "payload");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_workers_share_the_load_and_one_crash_spares_the_other() {
+    let server = start(&[("workers", "2")]).await;
+    eventually_ready(&server).await;
+    let slow = tokio::spawn(client().post(server.url("/sleep")).body("survivor").send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The least-loaded worker (the idle one) takes the crash.
+    assert_eq!(client().post(server.url("/crash")).send().await.unwrap().status(), 502);
+    let resp = slow.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "survivor");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_never_gets_ready_keeps_readiness_503() {
+    let tmp = tempfile::tempdir().unwrap();
+    let worker = fake_worker();
+    // FAKE_WORKER reaches the worker through the inherited environment only in the real binary; here we wrap it.
+    let wrapper = common::script(tmp.path(), "never.sh", &format!("FAKE_WORKER=never-ready exec {}", worker.display()));
+    let server = Server::start_in_unready(
+        tmp,
+        &[("mode", "http"), ("fprocess", wrapper.to_str().unwrap()), ("exec_timeout", "500ms")],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = client().get(server.url("/_/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.headers().contains_key("retry-after"));
+    assert_eq!(client().get(server.url("/_/health")).send().await.unwrap().status(), 503, "no lock file before ready");
+    let resp = client().post(server.url("/echo")).send().await.unwrap();
+    assert_eq!(resp.status(), 503, "a request waits for its deadline, then gets 503");
+    assert!(resp.headers().contains_key("retry-after"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_init_error_is_reported_in_readiness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let worker = fake_worker();
+    let wrapper = common::script(tmp.path(), "init.sh", &format!("FAKE_WORKER=init-error exec {}", worker.display()));
+    let server = Server::start_in_unready(tmp, &[("mode", "http"), ("fprocess", wrapper.to_str().unwrap())]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = client().get(server.url("/_/ready")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let text = ready.text().await.unwrap();
+        if text.contains("cannot load the model") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness never named the init error: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let server = start(&[("write_timeout", "10s")]).await;
+    let in_flight: Vec<_> =
+        (0..4).map(|_| tokio::spawn(client().post(server.url("/sleep")).body("done").send())).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(server.stop());
+    for request in in_flight {
+        let resp = request.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "done");
+    }
+    stopping.await.unwrap();
+}
