@@ -5,6 +5,7 @@
 //! The request path selects per-request behaviour: `/crash` exits with status 7 mid-request, `/garbage` writes
 //! bytes that are not a frame, `/sleep` answers after 2 s, `/permanent`, `/retryable` and `/internal` answer
 //! with that error kind, `/noise` prints to stdout first; anything else echoes the body back, streamed.
+//! With `FAKE_WORKER_IDS=<file>`, every stream id received is appended to that file.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +82,11 @@ async fn main() {
             }
             Some(Kind::Shutdown(_)) => std::process::exit(0),
             Some(Kind::RequestHead(head)) => {
+                if let Ok(path) = std::env::var("FAKE_WORKER_IDS") {
+                    use std::io::Write;
+                    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("ids file");
+                    writeln!(file, "{id}").expect("write id");
+                }
                 let envelope = head.envelope.unwrap_or_default();
                 let path = envelope.http().map(|h| String::from_utf8_lossy(&h.path).into_owned()).unwrap_or_default();
                 let content_type = envelope.header("content-type").map(|v| v.to_vec());

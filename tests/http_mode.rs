@@ -214,3 +214,25 @@ async fn shutdown_lets_requests_in_flight_finish() {
     }
     stopping.await.unwrap();
 }
+
+/// The fake worker records the stream ids it sees; they must arrive in increasing order (proto/README.md).
+#[tokio::test]
+async fn stream_ids_reach_the_worker_in_increasing_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("ids");
+    let worker = fake_worker();
+    let wrapper =
+        common::script(tmp.path(), "ids.sh", &format!("FAKE_WORKER_IDS={} exec {}", log.display(), worker.display()));
+    let server = Server::start_in(tmp, &[("mode", "http"), ("fprocess", wrapper.to_str().unwrap())]).await;
+    let requests = (0..200).map(|_| {
+        let url = server.url("/echo");
+        async move {
+            assert_eq!(client().post(url).body("x").send().await.unwrap().status(), 200);
+        }
+    });
+    futures_util::stream::iter(requests).buffer_unordered(64).collect::<Vec<_>>().await;
+    let ids: Vec<u64> = std::fs::read_to_string(&log).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 200);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "out of order: {ids:?}");
+    server.stop().await;
+}

@@ -51,6 +51,8 @@ serve(async (request) => {
 enum Sdk {
     Python,
     Node,
+    /// The Rust SDK's echo example (echo only).
+    Rust,
 }
 
 /// Starts the real binary in http mode with `sdk`'s test handler.
@@ -85,6 +87,13 @@ async fn start(sdk: Sdk, extra: &[(&str, &str)]) -> Binary {
                     tmp.path().display()
                 ),
             )
+        }
+        Sdk::Rust => {
+            // Built by `cargo test --workspace` with the other examples.
+            let exe = std::env::current_exe().unwrap();
+            let echo = exe.parent().unwrap().parent().unwrap().join("examples/echo");
+            assert!(echo.exists(), "{} is missing: cargo test --workspace builds it", echo.display());
+            echo
         }
     };
     let mut vars = vec![("mode", "http"), ("fprocess", worker.to_str().unwrap()), ("healthcheck_interval", "0")];
@@ -202,4 +211,9 @@ async fn node_failures() {
 #[tokio::test]
 async fn node_sigterm_drains() {
     sigterm_drains(Sdk::Node).await;
+}
+
+#[tokio::test]
+async fn rust_concurrency_and_large_bodies() {
+    concurrency_and_large_bodies(Sdk::Rust).await;
 }

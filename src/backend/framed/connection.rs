@@ -143,6 +143,8 @@ impl Connection {
     /// Opens a stream for `envelope`: sends its RequestHead and returns the stream's id, shared state, and the
     /// receiver of its response events.
     pub fn open(&self, envelope: Envelope) -> (u64, Arc<StreamShared>, mpsc::UnboundedReceiver<StreamEvent>) {
+        // Ids go out in increasing order (workers may rely on it): pick the id and queue the head under one lock.
+        let mut streams = lock(&self.streams);
         let id = self.next_stream.fetch_add(2, Ordering::SeqCst);
         let (events, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(StreamShared {
@@ -156,9 +158,10 @@ impl Connection {
         if self.closed.is_cancelled() {
             let _ = shared.events.send(StreamEvent::Gone("the worker connection is closed".into()));
         } else {
-            lock(&self.streams).insert(id, Arc::clone(&shared));
+            streams.insert(id, Arc::clone(&shared));
             self.send(Frame { stream_id: id, kind: Some(Kind::RequestHead(RequestHead { envelope: Some(envelope) })) });
         }
+        drop(streams);
         (id, shared, rx)
     }
 
@@ -335,5 +338,43 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Frame>, mut write: OwnedWrit
         if buf.capacity() > 1024 * 1024 {
             buf = BytesMut::with_capacity(64 * 1024);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::framed::codec::MAX_FRAME;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_heads_leave_in_id_order_under_contention() {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (_read, write) = ours.into_split();
+        let limits = Limits { max_chunk: 64 * 1024, initial_window: 256 * 1024 };
+        let conn = Connection::start(0, 0, limits, write);
+        let opens_per_thread = 2000;
+        let threads = 8;
+        let reader = tokio::spawn(async move {
+            let mut frames = FramedRead::new(theirs, FrameCodec::new(MAX_FRAME));
+            let mut ids = Vec::new();
+            while ids.len() < opens_per_thread * threads {
+                let frame = frames.next().await.unwrap().unwrap();
+                ids.push(frame.stream_id);
+            }
+            ids
+        });
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let conn = &conn;
+                scope.spawn(move || {
+                    for _ in 0..opens_per_thread {
+                        let (id, _, _) = conn.open(Envelope::default());
+                        conn.finish(id);
+                    }
+                });
+            }
+        });
+        let ids = reader.await.unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "stream ids left out of order");
     }
 }
