@@ -14,7 +14,8 @@ KEEP_TMP=${KEEP_TMP:-0}        # 1: keep the temp dir (logs, wrk output)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 BIN=$ROOT/target/release
-CASES=(classic streaming)
+# shellcheck disable=SC2206 # CASES="classic http-rust" picks cases
+CASES=(${CASES:-classic streaming http-rust http-python})
 BODIES=(13B 1MiB)
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -50,7 +51,13 @@ fi
 command -v curl >/dev/null || die "curl is required"
 
 log "building (cargo build --release)"
-(cd "$ROOT" && cargo build --release --bin fwatchdog --example echo_server --example spawn_floor)
+(cd "$ROOT" && cargo build --release --bin fwatchdog --example echo_server --example spawn_floor &&
+    cargo build --release -p watchdog-sdk --example echo)
+PYTHON_VENV=$ROOT/sdk/python/.venv
+if [[ " ${CASES[*]} " == *" http-python "* && ! -x $PYTHON_VENV/bin/python ]]; then
+    log "creating $PYTHON_VENV for the Python SDK"
+    python3 -m venv "$PYTHON_VENV" && "$PYTHON_VENV/bin/python" -m pip install -q -r "$ROOT/sdk/python/requirements-test.txt"
+fi
 
 printf 'Hello, world!' >"$WORK/body-13B"
 head -c $((1024 * 1024)) /dev/urandom >"$WORK/body-1MiB"
@@ -116,6 +123,19 @@ start_server() {
         local -a envs=(PATH="$PATH" fprocess=cat port="$SRV_PORT" metrics_port="$(free_port "$SRV_PORT")"
             TMPDIR="$tmp" healthcheck_interval=0)
         [[ $case == streaming ]] && envs+=(mode=streaming)
+        t0=${EPOCHREALTIME/./}
+        env -i "${envs[@]}" "$BIN/fwatchdog" 2>>"$WORK/$case.log" &
+        ;;
+    http-rust | http-python)
+        local tmp=$WORK/tmp-$case-$SRV_PORT worker
+        mkdir -p "$tmp"
+        if [[ $case == http-rust ]]; then
+            worker=$BIN/examples/echo
+        else
+            worker="$PYTHON_VENV/bin/python $ROOT/examples/http-python/echo.py"
+        fi
+        local -a envs=(PATH="$PATH" mode=http fprocess="$worker" PYTHONPATH="$ROOT/sdk/python" port="$SRV_PORT"
+            metrics_port="$(free_port "$SRV_PORT")" TMPDIR="$tmp" healthcheck_interval=0)
         t0=${EPOCHREALTIME/./}
         env -i "${envs[@]}" "$BIN/fwatchdog" 2>>"$WORK/$case.log" &
         ;;
@@ -261,7 +281,7 @@ FLOOR_CPU=$(median "${floor_cpus[@]}")
 
 # ---------------------------------------------------------------- fwatchdog's log
 # Start-up and shutdown lines, and one "METHOD PATH - 200 - ..." line per request, are expected.
-EXPECTED=' - 200 - |Version:|Watchdog mode:|Timeouts:|[Ll]istening on port|lock-file|SIGTERM|draining|Exiting'
+EXPECTED=' - 200 - |Version:|Watchdog mode:|Timeouts:|[Ll]istening on port|lock-file|SIGTERM|draining|Exiting|worker [0-9]+: (.* connected|ready|worker stopped)'
 for case in "${CASES[@]}"; do
     f=$WORK/$case.log
     [[ -f $f ]] || continue

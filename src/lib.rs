@@ -13,7 +13,9 @@
 //!    │
 //!  backend     backend::fork runs one process per request (classic, streaming, serializing):
 //!    │         cgi (Http_* environment, marshal_request), process (process groups, Go's exit wording),
-//!    │         spill (output held until exit, on disk past a threshold), sniff (Go's content sniffing)
+//!    │         spill (output held until exit, on disk past a threshold), sniff (Go's content sniffing);
+//!    │         backend::framed runs long-lived workers (mode=http): codec (watchdog.v1 frames), connection
+//!    │         (one worker's socket and streams), pool (start, supervise, restart, lease)
 //!  error       every failure → status code and body, in one place
 //!  supervisor  lock file, health, the SIGTERM sequence;  reaper: orphan reaping when PID 1
 //!  metrics     Prometheus metrics on metrics_port;  logging: Go-style or JSON lines, non-blocking
