@@ -294,7 +294,7 @@ for case in "${CASES[@]}"; do
 done
 
 # ---------------------------------------------------------------- report
-med() { local -n a=$1; median ${a[$2]}; }
+med() { local -n a=$1; median ${a[$2]:-}; }
 echo
 echo "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo);" \
     "load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -317,9 +317,13 @@ for case in baseline "${CASES[@]}"; do
     printf '%-10s %12.1f %12.1f\n' "$case" "$(calc "$(med R_IDLE "$case") / 1024" 2)" "$(med R_STARTUP "$case")"
 done
 echo
-classic13=$(med R_RPS "classic|13B")
-echo "spawn floor: $FLOOR spawns/s (median of $ROUNDS), its own cpu $FLOOR_CPU us/spawn;" \
-    "classic 13B / spawn floor = $(calc "$classic13 / $FLOOR" 3)"
+if [[ -n ${R_RPS["classic|13B"]:-} ]]; then
+    classic13=$(med R_RPS "classic|13B")
+    echo "spawn floor: $FLOOR spawns/s (median of $ROUNDS), its own cpu $FLOOR_CPU us/spawn;" \
+        "classic 13B / spawn floor = $(calc "$classic13 / $FLOOR" 3)"
+else
+    echo "spawn floor: $FLOOR spawns/s (median of $ROUNDS), its own cpu $FLOOR_CPU us/spawn"
+fi
 echo "start-up, probed from Python (no shell fork per try):"
 python3 "$BENCH/startup.py" "$BIN" 15 | sed 's/^/  /'
 echo "non-2xx responses: $TOTAL_NON2XX, socket errors: $TOTAL_SOCKERR, unexpected fwatchdog log lines: $LOG_ODD"

@@ -1,7 +1,8 @@
 //! A deliberately simple http-mode worker for the watchdog's own tests: it speaks watchdog.v1 with the
 //! watchdog's codec and misbehaves on request, so tests can check how the watchdog copes.
 //!
-//! `FAKE_WORKER` selects start-up behaviour: `normal` (default), `never-ready`, `init-error`, `exit-early`.
+//! `FAKE_WORKER` selects start-up behaviour: `normal` (default), `never-ready`, `init-error`, `exit-early`,
+//! `no-pong` (serves requests but never answers pings).
 //! The request path selects per-request behaviour: `/crash` exits with status 7 mid-request, `/garbage` writes
 //! bytes that are not a frame, `/sleep` answers after 2 s, `/permanent`, `/retryable` and `/internal` answer
 //! with that error kind, `/noise` prints to stdout first; anything else echoes the body back, streamed.
@@ -77,6 +78,7 @@ async fn main() {
         };
         let id = f.stream_id;
         match f.kind {
+            Some(Kind::Ping(_)) if mode == "no-pong" => {}
             Some(Kind::Ping(p)) => {
                 send(frame(0, Kind::Pong(ng_watchdog::envelope::pb::watchdog::v1::Pong { nonce: p.nonce }))).await
             }

@@ -236,3 +236,53 @@ async fn stream_ids_reach_the_worker_in_increasing_order() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "out of order: {ids:?}");
     server.stop().await;
 }
+
+fn quick_timing() -> ng_watchdog::backend::framed::pool::Timing {
+    ng_watchdog::backend::framed::pool::Timing {
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(400),
+        ping_interval: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_stops_answering_pings_is_killed_and_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let worker = fake_worker();
+    let wrapper = common::script(tmp.path(), "nopong.sh", &format!("FAKE_WORKER=no-pong exec {}", worker.display()));
+    let server = Server::start_adjusted(tmp, &[("mode", "http"), ("fprocess", wrapper.to_str().unwrap())], |c| {
+        c.worker_timing = quick_timing()
+    })
+    .await;
+    // A request on a slow stream is in flight when the worker is declared dead: it gets a 502 naming pings.
+    let resp = client().post(server.url("/sleep")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(resp.text().await.unwrap().contains("stopped answering pings"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn restarts_back_off_and_readiness_names_the_last_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let worker = fake_worker();
+    let wrapper = common::script(
+        tmp.path(),
+        "early.sh",
+        &format!("echo started >> {}/starts; FAKE_WORKER=exit-early exec {}", tmp.path().display(), worker.display()),
+    );
+    let starts = tmp.path().join("starts");
+    let server = Server::start_adjusted(tmp, &[("mode", "http"), ("fprocess", wrapper.to_str().unwrap())], |c| {
+        c.worker_timing = quick_timing()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // 50 + 100 + 200 + 400 + 400 … ms between starts: about 5 starts in 1.5 s, far fewer than without backoff.
+    let count = std::fs::read_to_string(&starts).unwrap().lines().count();
+    assert!((3..=8).contains(&count), "{count} starts in 1.5 s");
+    let ready = client().get(server.url("/_/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("exited before connecting (exit status 4)"));
+    server.stop().await;
+}

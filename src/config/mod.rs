@@ -129,6 +129,8 @@ pub struct Config {
     pub grpc_max_message_bytes: usize,
     /// Directory of the lock file and temporary files (`TMPDIR`, else `/tmp`).
     pub tmp_dir: PathBuf,
+    /// http-mode worker timing (restart backoff, pings); not an environment variable: tests shorten it.
+    pub worker_timing: crate::backend::framed::pool::Timing,
 }
 
 /// A classic variable whose value was not understood; the default was used instead.
@@ -572,6 +574,7 @@ impl Config {
             grpc_descriptor_set,
             grpc_max_message_bytes,
             tmp_dir,
+            worker_timing: Default::default(),
         };
         Ok((config, r.warnings))
     }

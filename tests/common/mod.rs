@@ -47,6 +47,19 @@ impl Server {
     }
 
     async fn launch(tmp: tempfile::TempDir, vars: &[(&str, &str)]) -> Server {
+        Server::launch_with(tmp, vars, |_| {}).await
+    }
+
+    /// Starts a watchdog after `adjust` has changed its configuration (for settings that are not variables).
+    pub async fn start_adjusted(
+        tmp: tempfile::TempDir,
+        vars: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Config),
+    ) -> Server {
+        Server::launch_with(tmp, vars, adjust).await
+    }
+
+    async fn launch_with(tmp: tempfile::TempDir, vars: &[(&str, &str)], adjust: impl FnOnce(&mut Config)) -> Server {
         let mut map: HashMap<String, String> = HashMap::new();
         map.insert("TMPDIR".into(), tmp.path().display().to_string());
         map.insert("metrics_port".into(), "0".into());
@@ -54,7 +67,8 @@ impl Server {
         for (k, v) in vars {
             map.insert(k.to_string(), v.to_string());
         }
-        let (config, _) = Config::from_source(&map).expect("valid test config");
+        let (mut config, _) = Config::from_source(&map).expect("valid test config");
+        adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

@@ -52,7 +52,7 @@ impl FramedBackend {
             log_buffer_size: config.log_buffer_size,
             children,
             metrics,
-            timing: pool::Timing::default(),
+            timing: config.worker_timing,
         };
         let queue = if config.max_inflight > 0 { config.max_inflight } else { DEFAULT_QUEUE };
         let pool = WorkerPool::start(config.workers, queue, spec);
