@@ -47,7 +47,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, ForkBackend, FramedBackend};
+use crate::backend::{Backend, ForkBackend, FramedBackend, ProxyBackend};
 use crate::config::{format_go_duration, Config, Mode};
 use crate::ingress::conn::CappedReads;
 use crate::ingress::Ingress;
@@ -83,6 +83,9 @@ pub enum Error {
         /// Why binding failed.
         source: std::io::Error,
     },
+    /// `upstream_url` cannot be used.
+    #[error("{0}")]
+    Upstream(String),
     /// The worker sockets' directory could not be made.
     #[error("cannot create the worker socket directory: {0}")]
     SocketDir(std::io::Error),
@@ -129,7 +132,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         Mode::Http if config.upstream_url.is_none() => Backend::Framed(Arc::new(
             FramedBackend::start(&config, Arc::clone(&children), Arc::clone(&metrics)).map_err(Error::SocketDir)?,
         )),
-        Mode::Http | Mode::Static => return Err(Error::UnsupportedMode(config.mode.as_str())),
+        Mode::Http => Backend::Proxy(Arc::new(
+            ProxyBackend::start(&config, Arc::clone(&children), Arc::clone(&metrics)).map_err(Error::Upstream)?,
+        )),
+        Mode::Static => return Err(Error::UnsupportedMode(config.mode.as_str())),
     };
     let ingress =
         Arc::new(Ingress::new(Arc::clone(&config), Arc::clone(&lifecycle), backend.clone(), Arc::clone(&metrics)));
@@ -167,7 +173,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             }
             None
         }
-        Backend::Framed(_) => {
+        Backend::Framed(_) | Backend::Proxy(_) => {
             let (backend, lifecycle, path) = (backend.clone(), Arc::clone(&lifecycle), config.lock_path());
             Some(AbortOnDrop(tokio::spawn(async move {
                 backend.first_ready().await;

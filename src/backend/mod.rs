@@ -6,6 +6,7 @@ pub mod fork;
 pub mod framed;
 pub(crate) mod logs;
 pub mod process;
+pub mod proxy;
 pub mod sniff;
 pub mod spill;
 
@@ -20,6 +21,7 @@ use crate::envelope::Envelope;
 use crate::error::InvokeError;
 pub use fork::ForkBackend;
 pub use framed::FramedBackend;
+pub use proxy::ProxyBackend;
 
 /// Limits on reading a request body.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +42,8 @@ pub struct Invocation {
     pub body: RequestBody,
     /// Limits on reading the body.
     pub limits: BodyLimits,
+    /// The request head as received (the reverse proxy forwards it unchanged).
+    pub head: http::request::Parts,
 }
 
 /// The backend selected by the configuration.
@@ -49,6 +53,8 @@ pub enum Backend {
     Fork(Arc<ForkBackend>),
     /// Long-lived workers speaking watchdog.v1 frames.
     Framed(Arc<FramedBackend>),
+    /// The function's own HTTP server behind a reverse proxy (`upstream_url`).
+    Proxy(Arc<ProxyBackend>),
 }
 
 impl Backend {
@@ -57,6 +63,7 @@ impl Backend {
         match self {
             Backend::Fork(fork) => fork.invoke(invocation).await,
             Backend::Framed(framed) => framed.invoke(invocation).await,
+            Backend::Proxy(proxy) => proxy.invoke(invocation).await,
         }
     }
 
@@ -65,13 +72,16 @@ impl Backend {
         match self {
             Backend::Fork(_) => Ok(()),
             Backend::Framed(framed) => framed.readiness(),
+            Backend::Proxy(proxy) => proxy.readiness(),
         }
     }
 
     /// Resolves once the backend can serve its first request.
     pub async fn first_ready(&self) {
-        if let Backend::Framed(framed) = self {
-            framed.first_ready().await
+        match self {
+            Backend::Fork(_) => {}
+            Backend::Framed(framed) => framed.first_ready().await,
+            Backend::Proxy(proxy) => proxy.first_ready().await,
         }
     }
 
@@ -84,8 +94,10 @@ impl Backend {
 
     /// Stops long-lived processes, after the drain.
     pub async fn shutdown(&self) {
-        if let Backend::Framed(framed) = self {
-            framed.shutdown().await
+        match self {
+            Backend::Fork(_) => {}
+            Backend::Framed(framed) => framed.shutdown().await,
+            Backend::Proxy(proxy) => proxy.shutdown().await,
         }
     }
 
@@ -94,6 +106,7 @@ impl Backend {
         match self {
             Backend::Fork(fork) => fork.timeout(),
             Backend::Framed(framed) => framed.timeout(),
+            Backend::Proxy(proxy) => proxy.timeout(),
         }
     }
 }
