@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 BIN=$ROOT/target/release
 # shellcheck disable=SC2206 # CASES="classic http-rust" picks cases
-CASES=(${CASES:-classic streaming http-rust http-python})
+CASES=(${CASES:-classic streaming http-rust http-python http-proxy})
 BODIES=(13B 1MiB)
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -123,6 +123,17 @@ start_server() {
         local -a envs=(PATH="$PATH" fprocess=cat port="$SRV_PORT" metrics_port="$(free_port "$SRV_PORT")"
             TMPDIR="$tmp" healthcheck_interval=0)
         [[ $case == streaming ]] && envs+=(mode=streaming)
+        t0=${EPOCHREALTIME/./}
+        env -i "${envs[@]}" "$BIN/fwatchdog" 2>>"$WORK/$case.log" &
+        ;;
+    http-proxy)
+        # of-watchdog's http mode: the baseline echo server is the upstream the watchdog starts and proxies to.
+        local tmp=$WORK/tmp-$case-$SRV_PORT upstream_port
+        mkdir -p "$tmp"
+        upstream_port=$(free_port "$SRV_PORT")
+        local -a envs=(PATH="$PATH" mode=http fprocess="$BIN/examples/echo_server $upstream_port"
+            upstream_url="http://127.0.0.1:$upstream_port" port="$SRV_PORT" metrics_port=0 TMPDIR="$tmp"
+            healthcheck_interval=0)
         t0=${EPOCHREALTIME/./}
         env -i "${envs[@]}" "$BIN/fwatchdog" 2>>"$WORK/$case.log" &
         ;;
@@ -281,7 +292,7 @@ FLOOR_CPU=$(median "${floor_cpus[@]}")
 
 # ---------------------------------------------------------------- fwatchdog's log
 # Start-up and shutdown lines, and one "METHOD PATH - 200 - ..." line per request, are expected.
-EXPECTED=' - 200 - |Version:|Watchdog mode:|Timeouts:|[Ll]istening on port|lock-file|SIGTERM|draining|Exiting|worker [0-9]+: (.* connected|ready|worker stopped)'
+EXPECTED=' - 200 - |Version:|Watchdog mode:|Timeouts:|[Ll]istening on port|lock-file|SIGTERM|draining|Exiting|worker [0-9]+: (.* connected|ready|worker stopped)|upstream .* is accepting'
 for case in "${CASES[@]}"; do
     f=$WORK/$case.log
     [[ -f $f ]] || continue

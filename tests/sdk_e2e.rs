@@ -217,3 +217,22 @@ async fn node_sigterm_drains() {
 async fn rust_concurrency_and_large_bodies() {
     concurrency_and_large_bodies(Sdk::Rust).await;
 }
+
+#[tokio::test]
+async fn rust_a_large_stream_both_ways_keeps_the_watchdogs_memory_flat() {
+    let binary = start(Sdk::Rust, &[]).await;
+    client().post(binary.url("/echo")).body("warm up").send().await.unwrap().bytes().await.unwrap();
+    let before = binary.status_kb("VmHWM");
+    let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
+    let upload = futures_util::stream::iter((0..256).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let resp = client().post(binary.url("/echo")).body(reqwest::Body::wrap_stream(upload)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut received = 0usize;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        received += chunk.unwrap().len();
+    }
+    assert_eq!(received, 256 << 20);
+    let grown_mib = binary.status_kb("VmHWM").saturating_sub(before) / 1024;
+    assert!(grown_mib < 16, "peak RSS grew by {grown_mib} MiB streaming 256 MiB each way");
+}
