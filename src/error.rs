@@ -72,6 +72,9 @@ pub enum InvokeError {
     /// The worker serving the request exited or broke the protocol (http mode).
     #[error("the function's worker failed: {0}")]
     WorkerFailed(String),
+    /// Too many requests are already waiting for a worker (http mode).
+    #[error("too many requests are waiting for a worker ({0} already)")]
+    QueueFull(usize),
     /// No worker could take the request in time (http mode).
     #[error("no worker available: {0}")]
     Unavailable(String),
@@ -94,7 +97,7 @@ impl InvokeError {
     pub fn status(&self) -> StatusCode {
         match self {
             InvokeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            InvokeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            InvokeError::Overloaded { .. } | InvokeError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             InvokeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             InvokeError::ReadTimeout(_) | InvokeError::ExecTimeout => StatusCode::REQUEST_TIMEOUT,
             InvokeError::BodyRead(_) | InvokeError::BadPath(_) => StatusCode::BAD_REQUEST,
@@ -152,7 +155,7 @@ impl InvokeError {
                 body::full(Bytes::from(reason))
             }
             other => {
-                if status == StatusCode::SERVICE_UNAVAILABLE {
+                if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
                     builder = builder.header(header::RETRY_AFTER, "1");
                 }
                 let text = format!("{other}\n");

@@ -195,7 +195,6 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     // Kubernetes removes the endpoint late: keep serving (the accept loop runs on) meanwhile.
     tokio::time::sleep(wait).await;
     stop_accepting.cancel();
-    backend.drain();
     let graceful = match accept_loop.await {
         Ok(graceful) => graceful,
         Err(e) => std::panic::resume_unwind(e.into_panic()),

@@ -85,13 +85,6 @@ impl Backend {
         }
     }
 
-    /// No new requests will come.
-    pub fn drain(&self) {
-        if let Backend::Framed(framed) = self {
-            framed.drain()
-        }
-    }
-
     /// Stops long-lived processes, after the drain.
     pub async fn shutdown(&self) {
         match self {

@@ -34,6 +34,7 @@ const DEFAULT_QUEUE: usize = 1024;
 pub struct FramedBackend {
     pool: Arc<WorkerPool>,
     timeout: Option<Duration>,
+    queue_limit: usize,
     /// Keeps the sockets' private directory until the backend goes.
     _socket_dir: tempfile::TempDir,
 }
@@ -61,7 +62,7 @@ impl FramedBackend {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        Ok(FramedBackend { pool, timeout, _socket_dir: socket_dir })
+        Ok(FramedBackend { pool, timeout, queue_limit: queue, _socket_dir: socket_dir })
     }
 
     /// The deadline a request gets.
@@ -79,11 +80,6 @@ impl FramedBackend {
         self.pool.first_ready().await
     }
 
-    /// Tells the workers no new requests will come.
-    pub fn drain(&self) {
-        self.pool.drain()
-    }
-
     /// Stops the workers.
     pub async fn shutdown(&self) {
         self.pool.shutdown(Duration::from_secs(2)).await
@@ -94,7 +90,7 @@ impl FramedBackend {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let lease = match self.pool.lease(deadline).await {
             Ok(lease) => lease,
-            Err(LeaseError::QueueFull) => return Err(InvokeError::Unavailable("the wait queue is full".into())),
+            Err(LeaseError::QueueFull) => return Err(InvokeError::QueueFull(self.queue_limit)),
             Err(LeaseError::TimedOut(reason)) => return Err(InvokeError::Unavailable(reason)),
         };
         let conn = Arc::clone(&lease.conn);

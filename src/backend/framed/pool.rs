@@ -22,7 +22,7 @@ use super::codec::{FrameCodec, HANDSHAKE_MAX_FRAME, MAX_FRAME};
 use super::connection::{Connection, Limits};
 use crate::backend::logs::log_lines;
 use crate::backend::process::describe_exit;
-use crate::envelope::pb::watchdog::v1::{frame::Kind, Drain, Frame, HelloAck, Ping, Shutdown};
+use crate::envelope::pb::watchdog::v1::{frame::Kind, Frame, HelloAck, Ping, Shutdown};
 use crate::metrics::Metrics;
 use crate::reaper::ChildRegistry;
 
@@ -271,13 +271,6 @@ impl WorkerPool {
                 return;
             }
             notified.await;
-        }
-    }
-
-    /// Tells every worker that no new requests will come.
-    pub fn drain(&self) {
-        for worker in lock(&self.shared.state).workers.iter().flatten() {
-            worker.conn.send(Frame { stream_id: 0, kind: Some(Kind::Drain(Drain {})) });
         }
     }
 
