@@ -346,6 +346,95 @@ mod tests {
     use super::*;
     use crate::backend::framed::codec::MAX_FRAME;
 
+    use futures_util::SinkExt;
+    use tokio_util::codec::FramedWrite;
+
+    /// The worker's end of a test connection: what it writes, and (kept open) what it would read.
+    struct Worker {
+        frames: FramedWrite<OwnedWriteHalf, FrameCodec>,
+        _incoming: OwnedReadHalf,
+    }
+
+    impl Worker {
+        async fn send(&mut self, frame: Frame) {
+            self.frames.send(frame).await.unwrap();
+        }
+    }
+
+    /// A connection whose worker side the test drives by hand.
+    fn connected() -> (Arc<Connection>, FramedRead<OwnedReadHalf, FrameCodec>, Worker) {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (read, write) = ours.into_split();
+        let limits = Limits { max_chunk: 64 * 1024, initial_window: 1024 };
+        let conn = Connection::start(0, 0, limits, write);
+        let (incoming, outgoing) = theirs.into_split();
+        let worker = Worker { frames: FramedWrite::new(outgoing, FrameCodec::new(MAX_FRAME)), _incoming: incoming };
+        (conn, FramedRead::new(read, FrameCodec::new(MAX_FRAME)), worker)
+    }
+
+    fn head(stream_id: u64) -> Frame {
+        Frame { stream_id, kind: Some(Kind::ResponseHead(ResponseHead { status: 200, ..Default::default() })) }
+    }
+
+    #[tokio::test]
+    async fn frames_for_a_stream_never_opened_are_a_protocol_error() {
+        let (conn, reader, mut worker) = connected();
+        let reading = tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move { conn.read(reader).await }
+        });
+        worker.send(head(99)).await;
+        let result = reading.await.unwrap();
+        assert!(result.unwrap_err().contains("never opened"));
+    }
+
+    #[tokio::test]
+    async fn frames_for_a_finished_stream_are_ignored() {
+        let (conn, reader, mut worker) = connected();
+        let (id, _, mut events) = conn.open(Envelope::default());
+        conn.cancel(id, "client gone");
+        let reading = tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move { conn.read(reader).await }
+        });
+        worker.send(head(id)).await;
+        worker
+            .send(Frame { stream_id: 0, kind: Some(Kind::Ping(crate::envelope::pb::watchdog::v1::Ping { nonce: 1 })) })
+            .await;
+        drop(worker);
+        assert!(reading.await.unwrap().is_ok(), "a late frame on a cancelled stream is not an error");
+        assert!(events.try_recv().is_err(), "nothing delivered for the cancelled stream");
+    }
+
+    #[tokio::test]
+    async fn data_past_the_window_is_a_protocol_error() {
+        let (conn, reader, mut worker) = connected();
+        let (id, _, _events) = conn.open(Envelope::default());
+        let reading = tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move { conn.read(reader).await }
+        });
+        worker.send(head(id)).await;
+        let data = Frame { stream_id: id, kind: Some(Kind::Data(Data { data: vec![0u8; 2048].into() })) };
+        worker.send(data).await;
+        assert!(reading.await.unwrap().unwrap_err().contains("window"));
+    }
+
+    #[tokio::test]
+    async fn a_worker_gone_fails_every_open_stream_once() {
+        let (conn, _reader, _worker) = connected();
+        let (_, _, mut a) = conn.open(Envelope::default());
+        let (_, _, mut b) = conn.open(Envelope::default());
+        conn.fail_all("worker exited (exit status 1)");
+        for events in [&mut a, &mut b] {
+            match events.recv().await {
+                Some(StreamEvent::Gone(reason)) => assert!(reason.contains("exit status 1")),
+                other => panic!("expected Gone, got {other:?}"),
+            }
+            assert!(events.recv().await.is_none(), "exactly one event");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn request_heads_leave_in_id_order_under_contention() {
         let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
