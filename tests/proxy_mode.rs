@@ -134,8 +134,16 @@ async fn a_dead_upstream_is_restarted() {
     let resp = client().post(server.url("/exit")).send().await.unwrap();
     assert_eq!(resp.status(), 502);
     assert!(resp.text().await.unwrap().contains("upstream"));
-    wait_ready(&server).await;
-    assert_eq!(client().post(server.url("/again")).body("x").send().await.unwrap().status(), 201);
+    // The supervisor notices the exit, waits its backoff, starts the server again and waits for it to accept.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let resp = client().post(server.url("/again")).body("x").send().await.unwrap();
+        if resp.status() == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the upstream was not restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.stop().await;
 }
 
