@@ -121,6 +121,90 @@ impl Drop for FunctionProcess {
     }
 }
 
+/// A long-lived child (an http-mode worker, an upstream HTTP server): in its own process group, stdout and
+/// stderr logged line by line, and killed with its whole group when dropped.
+pub struct ServiceProcess {
+    child: Child,
+    group: Pid,
+    reaped: bool,
+    registry: Arc<ChildRegistry>,
+}
+
+impl ServiceProcess {
+    /// Starts `argv` with the inherited environment plus `env`; its output goes to the log.
+    pub fn spawn(
+        argv: &[String],
+        env: &[(&str, &std::ffi::OsStr)],
+        log_buffer_size: usize,
+        registry: &Arc<ChildRegistry>,
+    ) -> Result<ServiceProcess, String> {
+        let (program, args) = argv.split_first().ok_or("no fprocess")?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = registry
+            .spawn(|| {
+                let child = command.spawn()?;
+                let pid = child.id().unwrap_or_default() as i32;
+                Ok::<_, std::io::Error>((child, pid))
+            })
+            .map_err(|e| describe_spawn_error(program, &e))?;
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(super::logs::log_lines(stdout, "stdout", log_buffer_size));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(super::logs::log_lines(stderr, "stderr", log_buffer_size));
+        }
+        let group = Pid::from_raw(child.id().unwrap_or_default() as i32);
+        Ok(ServiceProcess { child, group, reaped: false, registry: Arc::clone(registry) })
+    }
+
+    /// Signals the whole group, while the leader is unreaped (so the group id cannot have been reused).
+    pub fn signal(&self, signal: Signal) {
+        if !self.reaped {
+            let _ = killpg(self.group, signal);
+        }
+    }
+
+    /// Waits for the leader to exit; Go's wording of how it ended (`exit status 0` included).
+    pub async fn wait(&mut self) -> String {
+        match self.child.wait().await {
+            Ok(status) => {
+                self.reaped = true;
+                describe_exit(status).unwrap_or_else(|| "exit status 0".into())
+            }
+            Err(e) => format!("cannot wait for the process: {e}"),
+        }
+    }
+
+    /// Kills the group and reaps the leader.
+    pub async fn kill(&mut self) -> String {
+        self.signal(Signal::SIGKILL);
+        self.wait().await
+    }
+
+    /// SIGTERM to the group, then SIGKILL if it has not exited within `grace`.
+    pub async fn terminate(&mut self, grace: std::time::Duration) -> String {
+        self.signal(Signal::SIGTERM);
+        match tokio::time::timeout(grace, self.wait()).await {
+            Ok(status) => status,
+            Err(_) => self.kill().await,
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.registry.forget(self.group.as_raw());
+    }
+}
+
 /// `None` for a successful exit; else the text of Go's `*exec.ExitError` (`exit status 2`, `signal: killed`).
 pub fn describe_exit(status: ExitStatus) -> Option<String> {
     if status.success() {

@@ -2,7 +2,6 @@
 //! started from `fprocess`. Unlike of-watchdog, the watchdog waits until the upstream accepts connections
 //! before reporting ready, and restarts the server (with backoff) when it exits.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,15 +10,11 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::process::Command;
 use tokio::sync::Notify;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::logs::log_lines;
-use super::process::{describe_exit, describe_spawn_error};
+use super::process::ServiceProcess;
 use super::Invocation;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{parse_duration, Config};
@@ -222,33 +217,18 @@ async fn run_upstream(
     address: &str,
     log_buffer_size: usize,
     state: &UpstreamState,
-    children: &ChildRegistry,
+    children: &Arc<ChildRegistry>,
     metrics: &Metrics,
     stop: &CancellationToken,
 ) -> Option<Instant> {
     let set_error = |e: String| *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-    let (program, args) = argv.split_first()?;
-    let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let spawned = children.spawn(|| {
-        let child = command.spawn()?;
-        let pid = child.id().unwrap_or_default() as i32;
-        Ok::<_, std::io::Error>((child, pid))
-    });
-    let mut child = match spawned {
-        Ok(child) => child,
+    let mut process = match ServiceProcess::spawn(argv, &[], log_buffer_size, children) {
+        Ok(process) => process,
         Err(e) => {
-            set_error(describe_spawn_error(program, &e));
+            set_error(e);
             return None;
         }
     };
-    let group = Pid::from_raw(child.id().unwrap_or_default() as i32);
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(log_lines(out, "stdout", log_buffer_size));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(log_lines(err, "stderr", log_buffer_size));
-    }
     let mut ready_at = None;
     let outcome = loop {
         if ready_at.is_none() && tokio::net::TcpStream::connect(address).await.is_ok() {
@@ -260,17 +240,10 @@ async fn run_upstream(
         }
         let wait = if ready_at.is_some() { Duration::from_secs(3600) } else { Duration::from_millis(50) };
         tokio::select! {
-            status = child.wait() => break match status {
-                Ok(status) => format!("the upstream process exited ({})", describe_exit(status).unwrap_or_else(|| "exit status 0".into())),
-                Err(e) => format!("cannot wait for the upstream process: {e}"),
-            },
+            status = process.wait() => break format!("the upstream process exited ({status})"),
             _ = sleep(wait) => {}
             _ = stop.cancelled() => {
-                let _ = killpg(group, Signal::SIGTERM);
-                if timeout(Duration::from_secs(2), child.wait()).await.is_err() {
-                    let _ = killpg(group, Signal::SIGKILL);
-                    let _ = child.wait().await;
-                }
+                process.terminate(Duration::from_secs(2)).await;
                 break "stopped".to_string();
             }
         }
@@ -279,7 +252,6 @@ async fn run_upstream(
         state.ready.store(false, Ordering::SeqCst);
         metrics.workers_ready.dec();
     }
-    children.forget(group.as_raw());
     set_error(outcome);
     ready_at
 }

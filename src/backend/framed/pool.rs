@@ -4,15 +4,11 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use tokio::net::UnixListener;
-use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -20,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::{FrameCodec, HANDSHAKE_MAX_FRAME, MAX_FRAME};
 use super::connection::{Connection, Limits};
-use crate::backend::logs::log_lines;
-use crate::backend::process::describe_exit;
+use crate::backend::process::ServiceProcess;
 use crate::envelope::pb::watchdog::v1::{frame::Kind, Frame, HelloAck, Ping, Shutdown};
 use crate::metrics::Metrics;
 use crate::reaper::ChildRegistry;
@@ -320,72 +315,9 @@ struct Outcome {
     ready_for: Duration,
 }
 
-/// A started worker process.
-struct WorkerProcess {
-    child: Child,
-    group: Pid,
-    reaped: bool,
-    children: Arc<ChildRegistry>,
-}
-
-impl WorkerProcess {
-    fn signal(&self, signal: Signal) {
-        if !self.reaped {
-            let _ = killpg(self.group, signal);
-        }
-    }
-
-    async fn wait(&mut self) -> String {
-        match self.child.wait().await {
-            Ok(status) => {
-                self.reaped = true;
-                describe_exit(status).unwrap_or_else(|| "exit status 0".into())
-            }
-            Err(e) => format!("cannot wait for the worker: {e}"),
-        }
-    }
-
-    /// Kills the group and reaps the leader.
-    async fn kill(&mut self) -> String {
-        self.signal(Signal::SIGKILL);
-        self.wait().await
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.signal(Signal::SIGKILL);
-        self.children.forget(self.group.as_raw());
-    }
-}
-
-fn spawn_worker(spec: &WorkerSpec, socket: &Path) -> Result<WorkerProcess, String> {
-    let (program, args) = spec.argv.split_first().ok_or("no fprocess")?;
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .env("WATCHDOG_SOCKET", socket)
-        .env("WATCHDOG_PROTOCOL", "watchdog.v1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = spec
-        .children
-        .spawn(|| {
-            let child = command.spawn()?;
-            let pid = child.id().unwrap_or_default() as i32;
-            Ok::<_, std::io::Error>((child, pid))
-        })
-        .map_err(|e| crate::backend::process::describe_spawn_error(program, &e))?;
-    if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(log_lines(stdout, "stdout", spec.log_buffer_size));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(log_lines(stderr, "stderr", spec.log_buffer_size));
-    }
-    let group = Pid::from_raw(child.id().unwrap_or_default() as i32);
-    Ok(WorkerProcess { child, group, reaped: false, children: Arc::clone(&spec.children) })
+fn spawn_worker(spec: &WorkerSpec, socket: &Path) -> Result<ServiceProcess, String> {
+    let env = [("WATCHDOG_SOCKET", socket.as_os_str()), ("WATCHDOG_PROTOCOL", std::ffi::OsStr::new("watchdog.v1"))];
+    ServiceProcess::spawn(&spec.argv, &env, spec.log_buffer_size, &spec.children)
 }
 
 /// Starts, connects and serves one worker until it stops; returns why it stopped.
@@ -530,11 +462,7 @@ async fn run_worker(pool: &Arc<PoolShared>, slot: usize, spec: &WorkerSpec, stop
                 let status = match exited {
                     Ok(status) => status,
                     Err(_) => {
-                        process.signal(Signal::SIGTERM);
-                        match timeout(Duration::from_secs(2), process.wait()).await {
-                            Ok(status) => status,
-                            Err(_) => process.kill().await,
-                        }
+                        process.terminate(Duration::from_secs(2)).await
                     }
                 };
                 break format!("worker stopped ({status})");
