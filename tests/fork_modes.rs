@@ -158,3 +158,29 @@ async fn fork_modes_accept_any_method() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn streaming_function_stops_when_its_client_goes_away() {
+    // No exec_timeout or write_timeout: only the closed pipe can stop `yes`.
+    let server =
+        Server::start(&[("fprocess", "yes"), ("mode", "streaming"), ("exec_timeout", "0"), ("write_timeout", "0")])
+            .await;
+    let resp = client().post(server.url("/")).send().await.unwrap();
+    let mut chunks = resp.bytes_stream();
+    assert!(!chunks.next().await.unwrap().unwrap().is_empty());
+    drop(chunks);
+    let me = std::process::id() as i32;
+    let running_yes = || {
+        common::processes().into_iter().any(|(pid, state, ppid, _)| {
+            ppid == me
+                && state != 'Z'
+                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "yes")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running_yes() {
+        assert!(Instant::now() < deadline, "`yes` kept running after its client left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}

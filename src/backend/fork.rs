@@ -254,7 +254,9 @@ impl ForkBackend {
         if let Some(stderr) = process.stderr.take() {
             tokio::spawn(log_lines(stderr, "stderr", self.log_buffer_size));
         }
-        let mut output = process.output.take().expect("output pipe is set at spawn");
+        // `None` once the client has gone: closing our end lets the function see a broken pipe, as under
+        // of-watchdog, instead of blocking on a full one forever.
+        let mut output = process.output.take();
         let mut feed = pin!(feed_stdin(invocation.body, process.stdin.take(), invocation.limits, None));
         let exec_deadline = self.exec_timeout.map(|t| start + t);
         let write_deadline = self.write_timeout.map(|t| start + t);
@@ -278,7 +280,7 @@ impl ForkBackend {
                         break Some(error);
                     }
                 }
-                read = output.read_buf(&mut buf), if !eof => {
+                read = read_some(&mut output, &mut buf), if !eof => {
                     if !matches!(read, Ok(n) if n > 0) {
                         eof = true;
                         continue;
@@ -294,9 +296,8 @@ impl ForkBackend {
                     let deadline = write_deadline.unwrap_or_else(far_future);
                     match timeout_at(deadline, tx.send(Ok(chunk))).await {
                         Ok(Ok(())) => {}
-                        // The client went away: stop reading, so the function sees a closed pipe as under
-                        // of-watchdog, and let it finish.
-                        Ok(Err(_)) => { eof = true; sink = None; }
+                        // The client went away: close the pipe and let the function finish.
+                        Ok(Err(_)) => { eof = true; sink = None; output = None; }
                         Err(_) => break Some(InvokeError::WriteTimeout(self.write_timeout.unwrap_or_default())),
                     }
                 }
@@ -362,6 +363,14 @@ impl ForkBackend {
             head = head.header(header::CONTENT_TYPE, ct);
         }
         head
+    }
+}
+
+/// Reads what the pipe has into `buf`; `Ok(0)` at its end or once it has been closed.
+async fn read_some(output: &mut Option<pipe::Receiver>, buf: &mut BytesMut) -> std::io::Result<usize> {
+    match output {
+        Some(pipe) => pipe.read_buf(buf).await,
+        None => Ok(0),
     }
 }
 
