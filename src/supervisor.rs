@@ -12,6 +12,8 @@ use crate::config::Config;
 /// Health state shared by the probes and the shutdown sequence.
 pub struct Lifecycle {
     accepting: AtomicBool,
+    /// Set by the SIGTERM sequence: a worker that becomes ready afterwards must not write the lock file again.
+    stopping: AtomicBool,
     lock_path: PathBuf,
     suppress_lock: bool,
     /// Cancelled when running functions must be stopped (drain deadline passed).
@@ -23,6 +25,7 @@ impl Lifecycle {
     pub fn new(config: &Config) -> Lifecycle {
         Lifecycle {
             accepting: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             lock_path: config.lock_path(),
             suppress_lock: config.suppress_lock,
             terminate: CancellationToken::new(),
@@ -31,6 +34,9 @@ impl Lifecycle {
 
     /// Marks the watchdog ready: writes the lock file (unless suppressed) and starts accepting.
     pub fn start(&self) -> std::io::Result<()> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if self.suppress_lock {
             tracing::warn!(
                 "Warning: \"suppress_lock\" is enabled. No automated health-checks will be in place for your function."
@@ -45,6 +51,7 @@ impl Lifecycle {
 
     /// Marks the watchdog unhealthy: stops reporting ready and removes the lock file.
     pub fn mark_unhealthy(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.accepting.store(false, Ordering::SeqCst);
         tracing::info!("Removing lock-file : {}", self.lock_path.display());
         if let Err(e) = std::fs::remove_file(&self.lock_path) {
@@ -76,4 +83,25 @@ fn write_lock_file(path: &std::path::Path) -> std::io::Result<()> {
 /// `-run-healthcheck`: whether the lock file exists.
 pub fn lock_file_present(config_tmp_dir: &std::path::Path) -> bool {
     config_tmp_dir.join(".lock").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_after_shutdown_began_writes_no_lock_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tmp_dir = tmp.path().display().to_string();
+        let config = Config::from_pairs([("fprocess", "cat"), ("TMPDIR", tmp_dir.as_str())]).unwrap();
+        let lifecycle = Lifecycle::new(&config);
+        lifecycle.start().unwrap();
+        assert!(lifecycle.healthy());
+        lifecycle.mark_unhealthy();
+        assert!(!config.lock_path().exists());
+        // A worker that only now becomes ready must not bring the watchdog back.
+        lifecycle.start().unwrap();
+        assert!(!config.lock_path().exists());
+        assert!(!lifecycle.healthy());
+    }
 }
