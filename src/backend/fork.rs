@@ -56,6 +56,7 @@ pub struct ForkBackend {
     content_type: Option<String>,
     exec_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    timeout: Option<Duration>,
     log_buffer_size: usize,
     tmp_dir: PathBuf,
     /// Cancelled when the drain deadline passes: running functions get SIGTERM, then SIGKILL.
@@ -72,7 +73,6 @@ impl ForkBackend {
             Mode::Serializing => ForkStyle::Serializing,
             _ => ForkStyle::Classic,
         };
-        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         ForkBackend {
             style,
             argv: config.fprocess.clone(),
@@ -81,8 +81,9 @@ impl ForkBackend {
             marshal_request: config.marshal_request,
             write_debug: config.write_debug,
             content_type: config.content_type.clone(),
-            exec_timeout: nonzero(config.exec_timeout),
-            write_timeout: nonzero(config.write_timeout),
+            exec_timeout: Config::limit(config.exec_timeout),
+            write_timeout: Config::limit(config.write_timeout),
+            timeout: config.request_timeout(),
             log_buffer_size: config.log_buffer_size,
             tmp_dir: config.tmp_dir.clone(),
             terminate,
@@ -92,10 +93,7 @@ impl ForkBackend {
 
     /// The deadline a request gets: the nearer of `exec_timeout` and `write_timeout`.
     pub fn timeout(&self) -> Option<Duration> {
-        match (self.exec_timeout, self.write_timeout) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.timeout
     }
 
     /// Runs the function for one request. The run continues in its own task, so a client that goes away

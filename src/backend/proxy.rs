@@ -80,11 +80,10 @@ impl ProxyBackend {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         Ok(ProxyBackend {
             client,
             upstream,
-            exec_timeout: nonzero(config.exec_timeout),
+            exec_timeout: Config::limit(config.exec_timeout),
             buffer_body: config.buffer_http,
             state,
             stop,

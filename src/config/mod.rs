@@ -585,6 +585,19 @@ impl Config {
         Config::from_source(&map).map(|(config, _)| config)
     }
 
+    /// A timeout variable as a limit: zero means none.
+    pub fn limit(timeout: Duration) -> Option<Duration> {
+        (!timeout.is_zero()).then_some(timeout)
+    }
+
+    /// The deadline of one request: the nearer of `exec_timeout` and `write_timeout`, if either is set.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        match (Config::limit(self.exec_timeout), Config::limit(self.write_timeout)) {
+            (Some(exec), Some(write)) => Some(exec.min(write)),
+            (exec, write) => exec.or(write),
+        }
+    }
+
     /// Path of the lock file, `$TMPDIR/.lock`.
     pub fn lock_path(&self) -> PathBuf {
         self.tmp_dir.join(".lock")

@@ -259,3 +259,13 @@ fn help_lists_every_variable() {
         assert!(help.contains(name));
     }
 }
+
+#[test]
+fn request_timeout_is_the_nearer_limit() {
+    let (c, _) = parse(&[("fprocess", "cat"), ("exec_timeout", "5"), ("write_timeout", "10")]);
+    assert_eq!(c.request_timeout(), Some(Duration::from_secs(5)));
+    let (c, _) = parse(&[("fprocess", "cat"), ("exec_timeout", "0"), ("write_timeout", "10")]);
+    assert_eq!(c.request_timeout(), Some(Duration::from_secs(10)));
+    let (c, _) = parse(&[("fprocess", "cat"), ("exec_timeout", "0"), ("write_timeout", "0")]);
+    assert_eq!(c.request_timeout(), None);
+}

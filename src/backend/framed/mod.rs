@@ -57,12 +57,7 @@ impl FramedBackend {
         };
         let queue = if config.max_inflight > 0 { config.max_inflight } else { DEFAULT_QUEUE };
         let pool = WorkerPool::start(config.workers, queue, spec);
-        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
-        let timeout = match (nonzero(config.exec_timeout), nonzero(config.write_timeout)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        Ok(FramedBackend { pool, timeout, queue_limit: queue, _socket_dir: socket_dir })
+        Ok(FramedBackend { pool, timeout: config.request_timeout(), queue_limit: queue, _socket_dir: socket_dir })
     }
 
     /// The deadline a request gets.

@@ -234,15 +234,7 @@ impl WorkerPool {
 
     /// Why requests cannot be served now: the last worker error, or that every worker is busy.
     pub fn unavailable_reason(&self) -> String {
-        let state = lock(&self.shared.state);
-        if state.workers.iter().any(Option::is_some) {
-            "all workers are busy".to_string()
-        } else {
-            match &state.last_error {
-                Some(error) => format!("no worker is ready: {error}"),
-                None => "no worker is ready yet".to_string(),
-            }
-        }
+        self.readiness().err().unwrap_or_else(|| "all workers are busy".to_string())
     }
 
     /// `Ok` when at least one worker is ready, else why not.
