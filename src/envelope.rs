@@ -64,6 +64,7 @@ pub fn from_http(parts: &Parts, content_length: i64, timeout: Option<Duration>) 
         }),
         headers,
         content_length,
+        transport: None,
         kind: Some(Kind::Http(HttpRequest {
             method: parts.method.as_str().to_string(),
             path: path.into(),
@@ -119,6 +120,36 @@ impl Envelope {
             Some(Kind::Http(http)) => Some(http),
             _ => None,
         }
+    }
+
+    /// The HTTP request that carried this one: the request itself for plain HTTP, else the transport.
+    pub fn carrier(&self) -> Option<&HttpRequest> {
+        self.http().or(self.transport.as_ref())
+    }
+
+    /// The CloudEvent inside, if this envelope describes one.
+    pub fn cloudevent(&self) -> Option<&pb::io::cloudevents::v1::CloudEvent> {
+        match &self.kind {
+            Some(Kind::Cloudevent(event)) => Some(event),
+            _ => None,
+        }
+    }
+
+    /// The gRPC call inside, if this envelope describes one.
+    pub fn grpc(&self) -> Option<&pb::watchdog::v1::GrpcCall> {
+        match &self.kind {
+            Some(Kind::Grpc(call)) => Some(call),
+            _ => None,
+        }
+    }
+
+    /// Turns a plain HTTP envelope into one carrying `kind` instead, keeping the HTTP request as its transport.
+    pub fn into_kind(mut self, kind: Kind) -> Envelope {
+        if let Some(Kind::Http(http)) = self.kind.take() {
+            self.transport = Some(http);
+        }
+        self.kind = Some(kind);
+        self
     }
 
     /// The first value of a header, by case-insensitive name.

@@ -28,6 +28,7 @@
 
 pub mod backend;
 pub mod body;
+pub mod cloudevent;
 pub mod config;
 pub mod envelope;
 pub mod error;

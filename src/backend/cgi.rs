@@ -44,7 +44,7 @@ pub fn function_env(envelope: &Envelope, flavour: EnvFlavour) -> Vec<(OsString, 
             env.push((var(format!("Http_{}", key.replace('-', "_"))), OsString::from_vec(header.value.to_vec())));
         }
     }
-    let Some(http) = envelope.http() else {
+    let Some(http) = envelope.carrier() else {
         return env;
     };
     env.push((var("Http_Method"), var(http.method.clone())));
@@ -70,6 +70,21 @@ pub fn function_env(envelope: &Envelope, flavour: EnvFlavour) -> Vec<(OsString, 
         _ => {}
     }
     env
+}
+
+/// The variables that describe a CloudEvent or gRPC call, set whatever `cgi_headers` says: `CE_<ATTRIBUTE>` for
+/// every attribute and extension (`CE_ID`, `CE_SOURCE`, ..., upper case), and `Grpc_Method`.
+pub fn kind_env(envelope: &Envelope) -> Vec<(OsString, OsString)> {
+    if let Some(event) = envelope.cloudevent() {
+        return crate::cloudevent::attributes(event)
+            .into_iter()
+            .map(|(name, value)| (var(format!("CE_{}", name.to_ascii_uppercase())), var(value)))
+            .collect();
+    }
+    if let Some(call) = envelope.grpc() {
+        return vec![(var("Grpc_Method"), var(call.method.clone()))];
+    }
+    Vec::new()
 }
 
 fn var(s: impl Into<String>) -> OsString {

@@ -115,7 +115,8 @@ impl ForkBackend {
 
     fn spawn(&self, invocation: &Invocation, combine: bool) -> Result<FunctionProcess, InvokeError> {
         let flavour = if self.style == ForkStyle::Classic { EnvFlavour::Classic } else { EnvFlavour::OfWatchdog };
-        let env = if self.cgi_headers { cgi::function_env(&invocation.envelope, flavour) } else { Vec::new() };
+        let mut env = if self.cgi_headers { cgi::function_env(&invocation.envelope, flavour) } else { Vec::new() };
+        env.extend(cgi::kind_env(&invocation.envelope));
         FunctionProcess::spawn(&self.argv, env, combine, &self.children).map_err(|e| self.failure(e.0, None, None))
     }
 
@@ -141,7 +142,8 @@ impl ForkBackend {
     /// Classic and serializing: output held until exit, then one answer from the exit status.
     async fn run_buffered(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
         let start = Instant::now();
-        let combine = self.style == ForkStyle::Classic && self.combine_output;
+        // A reply event or gRPC message is the function's stdout alone; stderr is only logged.
+        let combine = self.style == ForkStyle::Classic && self.combine_output && invocation.envelope.http().is_some();
         let mut process = self.spawn(&invocation, combine)?;
         let marshal = (self.style == ForkStyle::Classic && self.marshal_request)
             .then(|| cgi::marshal_prefix(&invocation.envelope));

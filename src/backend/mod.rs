@@ -44,7 +44,14 @@ pub struct Invocation {
     pub limits: BodyLimits,
     /// The request head as received (the reverse proxy forwards it unchanged).
     pub head: http::request::Parts,
+    /// A deadline the caller asked for (gRPC's `grpc-timeout`); the backend uses the nearer of it and its own.
+    pub timeout: Option<Duration>,
 }
+
+/// The reply event a function returned (http mode), carried in the response's extensions; its data is the
+/// response body.
+#[derive(Debug, Clone)]
+pub struct ReplyEvent(pub crate::cloudevent::CloudEvent);
 
 /// The backend selected by the configuration.
 #[derive(Clone)]

@@ -41,7 +41,7 @@ pub async fn invoke(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
         read_timeout: config.read_timeout,
     };
     let body = body.map_err(|e| Box::new(e) as crate::body::BoxError).boxed_unsync();
-    ingress.backend.invoke(Invocation { envelope, body, limits, head: parts }).await
+    ingress.backend.invoke(Invocation { envelope, body, limits, head: parts, timeout: None }).await
 }
 
 /// The body length as Go's `Request.ContentLength` gives it: the declared length, 0 for an empty body, -1 when
