@@ -14,7 +14,7 @@ KEEP_TMP=${KEEP_TMP:-0}        # 1: keep the temp dir (logs, wrk output)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 BIN=$ROOT/target/release
-# shellcheck disable=SC2206 # CASES="classic http-rust" picks cases
+# shellcheck disable=SC2206 # CASES="classic http-rust" picks cases; classic-ce and http-rust-ce send CloudEvents
 CASES=(${CASES:-classic streaming http-rust http-python http-proxy})
 BODIES=(13B 1MiB)
 CLK_TCK=$(getconf CLK_TCK)
@@ -116,7 +116,7 @@ start_server() {
         t0=${EPOCHREALTIME/./}
         "$BIN/examples/echo_server" "$SRV_PORT" 2>>"$WORK/baseline.log" &
         ;;
-    classic | streaming)
+    classic | streaming | classic-ce)
         local tmp=$WORK/tmp-$case-$SRV_PORT
         mkdir -p "$tmp"
         # A clean environment: only what the case sets (mode unset means classic; write_timeout unset).
@@ -137,10 +137,10 @@ start_server() {
         t0=${EPOCHREALTIME/./}
         env -i "${envs[@]}" "$BIN/fwatchdog" 2>>"$WORK/$case.log" &
         ;;
-    http-rust | http-python)
+    http-rust | http-python | http-rust-ce)
         local tmp=$WORK/tmp-$case-$SRV_PORT worker
         mkdir -p "$tmp"
-        if [[ $case == http-rust ]]; then
+        if [[ $case == http-rust* ]]; then
             worker=$BIN/examples/echo
         else
             worker="$PYTHON_VENV/bin/python $ROOT/examples/http-python/echo.py"
@@ -209,9 +209,11 @@ run() {
     check_echo "$case"
     add R_STARTUP "$case" "$SRV_STARTUP_MS"
     add R_IDLE "$case" "$SRV_IDLE_KB"
+    local script=$BENCH/post.lua
+    [[ $case == *-ce ]] && script=$BENCH/post-ce.lua
     c0=$(cpu_ticks "$SRV_PID")
     BODY_FILE=$WORK/body-$body wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" \
-        --latency -s "$BENCH/post.lua" "http://127.0.0.1:$SRV_PORT/" >"$out" 2>&1 ||
+        --latency -s "$script" "http://127.0.0.1:$SRV_PORT/" >"$out" 2>&1 ||
         die "wrk failed: $(cat "$out")"
     c1=$(cpu_ticks "$SRV_PID")
     local hwm
@@ -335,6 +337,12 @@ if [[ -n ${R_RPS["classic|13B"]:-} ]]; then
 else
     echo "spawn floor: $FLOOR spawns/s (median of $ROUNDS), its own cpu $FLOOR_CPU us/spawn"
 fi
+for case in "${CASES[@]}"; do
+    [[ $case == *-ce && -n ${R_RATIO["${case%-ce}|13B"]:-} ]] || continue
+    for body in "${BODIES[@]}"; do
+        echo "cloudevent cost: $case / ${case%-ce} $body = $(calc "$(med R_RATIO "$case|$body") / $(med R_RATIO "${case%-ce}|$body")" 3)"
+    done
+done
 echo "start-up, probed from Python (no shell fork per try):"
 python3 "$BENCH/startup.py" "$BIN" 15 | sed 's/^/  /'
 echo "non-2xx responses: $TOTAL_NON2XX, socket errors: $TOTAL_SOCKERR, unexpected fwatchdog log lines: $LOG_ODD"

@@ -112,6 +112,29 @@ impl InvokeError {
         }
     }
 
+    /// The status a CloudEvent delivery answers with, following Knative's retry table (SPEC §6): a crash is a
+    /// 500 (retried) rather than a 502, and every timeout a 504.
+    pub fn cloudevent_status(&self) -> StatusCode {
+        match self {
+            InvokeError::WorkerFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InvokeError::ExecTimeout | InvokeError::WriteTimeout(_) | InvokeError::DeadlineExceeded(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            other => other.status(),
+        }
+    }
+
+    /// The response to a CloudEvent whose delivery failed: the status alone decides what Knative does, so the
+    /// body is one plain line naming the cause, never the function's output.
+    pub fn into_cloudevent_response(self) -> Response<ResponseBody> {
+        let status = self.cloudevent_status();
+        let text = match &self {
+            InvokeError::ExecTimeout => "the function did not finish within exec_timeout\n".to_string(),
+            other => format!("{other}\n"),
+        };
+        plain_response(status, text)
+    }
+
     /// The HTTP response for this failure, worded as the original watchdogs word it.
     pub fn into_http_response(self) -> Response<ResponseBody> {
         let status = self.status();
@@ -167,6 +190,15 @@ impl InvokeError {
     }
 }
 
+/// A `text/plain` response, with `Retry-After` when the status invites a retry.
+pub fn plain_response(status: StatusCode, text: String) -> Response<ResponseBody> {
+    let mut builder = Response::builder().status(status).header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+        builder = builder.header(header::RETRY_AFTER, "1");
+    }
+    builder.body(body::full(text)).expect("valid response")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +230,27 @@ mod tests {
         assert_eq!(resp.headers()["x-openfaas-internal"], "faas-middleware");
         assert_eq!(resp.headers()["retry-after"], "1");
         assert_eq!(text(resp).await, "Concurrent request limit exceeded. Max concurrent requests: 2\n");
+    }
+
+    #[tokio::test]
+    async fn cloudevent_statuses_follow_knative_retries() {
+        assert_eq!(InvokeError::WorkerFailed("exit code 1".into()).cloudevent_status(), 500);
+        assert_eq!(InvokeError::ExecTimeout.cloudevent_status(), 504);
+        assert_eq!(InvokeError::Permanent("bad".into()).cloudevent_status(), 400);
+        assert_eq!(InvokeError::Retryable("later".into()).cloudevent_status(), 503);
+        assert_eq!(InvokeError::Overloaded { max: 1 }.cloudevent_status(), 429);
+        let failed = InvokeError::FunctionFailed {
+            reason: "exit status 3".into(),
+            output: Some(Output::Memory(Bytes::from_static(b"secret stderr"))),
+            style: FailureStyle::Classic,
+            duration: None,
+            content_type: None,
+        };
+        let resp = failed.into_cloudevent_response();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(text(resp).await, "exit status 3\n");
+        let resp = InvokeError::Retryable("try later".into()).into_cloudevent_response();
+        assert_eq!(resp.headers()["retry-after"], "1");
     }
 
     #[tokio::test]

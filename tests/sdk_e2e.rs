@@ -19,6 +19,8 @@ import os, sys, time
 import watchdog_sdk
 
 def handle(request):
+    if request.kind == "cloudevent":
+        return on_event(request)
     if request.path == "/sleep":
         time.sleep(1)
         return b"slept"
@@ -32,12 +34,39 @@ def handle(request):
         raise ValueError("unexpected")
     return watchdog_sdk.Response(200, {"content-type": request.headers.get("content-type", "application/octet-stream")}, request.body)
 
+def on_event(request):
+    attrs = request.event.attributes
+    kind = attrs["type"]
+    if kind == "quiet":
+        return None
+    if kind == "permanent":
+        raise watchdog_sdk.PermanentError("bad event")
+    if kind == "retryable":
+        raise watchdog_sdk.RetryableError("later")
+    if kind == "crash":
+        os._exit(3)
+    if kind == "bytes":
+        return request.event.data
+    return watchdog_sdk.CloudEvent({"type": "com.example.own", "subject": attrs.get("subject", "") + "!"}, request.event.data.upper())
+
 watchdog_sdk.serve(handle)
 "#;
 
 const NODE_HANDLER: &str = r#"
-const { serve, Response, PermanentError } = require(process.env.SDK_NODE);
+const { serve, Response, CloudEvent, PermanentError, RetryableError } = require(process.env.SDK_NODE);
+function onEvent(request) {
+  const attrs = request.event.attributes;
+  switch (attrs.type) {
+    case 'quiet': return null;
+    case 'permanent': throw new PermanentError('bad event');
+    case 'retryable': throw new RetryableError('later');
+    case 'crash': process.exit(3);
+    case 'bytes': return request.event.data;
+    default: return new CloudEvent({ type: 'com.example.own', subject: (attrs.subject || '') + '!' }, Buffer.from(request.event.data.toString().toUpperCase()));
+  }
+}
 serve(async (request) => {
+  if (request.kind === 'cloudevent') return onEvent(request);
   if (request.path === '/sleep') { await new Promise((r) => setTimeout(r, 1000)); return Buffer.from('slept'); }
   if (request.path === '/crash') process.exit(7);
   if (request.path === '/print') console.log('noise from the handler');
@@ -181,6 +210,60 @@ async fn sigterm_drains(sdk: Sdk) {
     }
     let status = tokio::time::timeout(Duration::from_secs(10), binary.child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// A binary-mode event of type `kind`.
+fn event(binary: &Binary, kind: &str, data: &'static str) -> reqwest::RequestBuilder {
+    client()
+        .post(binary.url("/"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "e-1")
+        .header("ce-source", "/tests")
+        .header("ce-type", kind)
+        .header("ce-subject", "caf%C3%A9")
+        .header("content-type", "text/plain")
+        .body(data)
+}
+
+async fn cloudevents(sdk: Sdk) {
+    let binary = start(sdk, &[]).await;
+    // The function's own reply event: its attributes win, the watchdog fills id, source and specversion.
+    let resp = event(&binary, "com.example.created", "hi").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{sdk:?}");
+    let h = resp.headers().clone();
+    assert_eq!(h["ce-type"], "com.example.own", "{sdk:?}");
+    assert_eq!(h["ce-subject"], "caf%C3%A9!", "{sdk:?}");
+    assert_eq!(h["ce-specversion"], "1.0");
+    assert!(!h["ce-id"].is_empty() && !h["ce-source"].is_empty(), "{h:?}");
+    assert_eq!(resp.text().await.unwrap(), "HI");
+    // Bytes become the data of a default reply event.
+    let resp = event(&binary, "bytes", "raw").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["ce-type"], "bytes.reply", "{sdk:?}");
+    assert_eq!(resp.headers()["ce-source"], "/fwatchdog", "{sdk:?}");
+    assert_eq!(resp.text().await.unwrap(), "raw");
+    let resp = event(&binary, "quiet", "x").send().await.unwrap();
+    assert_eq!(resp.status(), 202, "{sdk:?}");
+    assert!(resp.headers().get("ce-id").is_none());
+    assert!(resp.bytes().await.unwrap().is_empty());
+    assert_eq!(event(&binary, "permanent", "x").send().await.unwrap().status(), 400, "{sdk:?}");
+    let resp = event(&binary, "retryable", "x").send().await.unwrap();
+    assert_eq!(resp.status(), 503, "{sdk:?}");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    // A crash is a 500 for an event (Knative retries it), not the 502 plain HTTP gets.
+    let resp = event(&binary, "crash", "x").send().await.unwrap();
+    assert_eq!(resp.status(), 500, "{sdk:?}");
+    assert!(resp.text().await.unwrap().contains("exit status 3"));
+}
+
+#[tokio::test]
+async fn python_cloudevents() {
+    cloudevents(Sdk::Python).await;
+}
+
+#[tokio::test]
+async fn node_cloudevents() {
+    cloudevents(Sdk::Node).await;
 }
 
 #[tokio::test]

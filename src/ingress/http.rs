@@ -46,7 +46,7 @@ pub async fn invoke(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
 
 /// The body length as Go's `Request.ContentLength` gives it: the declared length, 0 for an empty body, -1 when
 /// unknown (chunked, or HTTP/2 without content-length).
-fn declared_length(parts: &::http::request::Parts, body: &Incoming) -> i64 {
+pub(super) fn declared_length(parts: &::http::request::Parts, body: &Incoming) -> i64 {
     if parts.headers.contains_key(::http::header::TRANSFER_ENCODING) {
         return -1;
     }

@@ -2,6 +2,7 @@
 //! concurrency limit, and hands everything else to a protocol module that turns it into an envelope for the
 //! backend: plain HTTP today; gRPC and CloudEvents plug in here as sibling modules.
 
+pub mod cloudevents;
 pub mod conn;
 mod http;
 mod probe;
@@ -16,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::backend::Backend;
 use crate::body::{ResponseBody, TrackedBody};
-use crate::config::Config;
+use crate::config::{CloudEventsMode, Config};
 use crate::error::InvokeError;
 use crate::metrics::Metrics;
 use crate::supervisor::Lifecycle;
@@ -54,10 +55,18 @@ impl Ingress {
         // Held until the response body ends, or dropped with this future if the client goes away first.
         let in_flight = InFlight::enter(&self.metrics);
 
+        let event_mode = match self.config.cloudevents {
+            CloudEventsMode::Auto => crate::cloudevent::detect(req.method(), req.headers()),
+            CloudEventsMode::Off => Ok(None),
+        };
+        let protocol = if matches!(event_mode, Ok(None)) { "http" } else { "cloudevent" };
         let slot = self.limiter.acquire();
-        let response = match slot {
-            None => InvokeError::Overloaded { max: self.config.max_inflight }.into_http_response(),
-            Some(_) => match http::invoke(&self, req).await {
+        let response = match (slot.is_some(), event_mode) {
+            (false, Ok(None)) => InvokeError::Overloaded { max: self.config.max_inflight }.into_http_response(),
+            (false, _) => InvokeError::Overloaded { max: self.config.max_inflight }.into_cloudevent_response(),
+            (true, Err(error)) => cloudevents::DeliveryError::from(error).into_response(),
+            (true, Ok(Some(mode))) => cloudevents::invoke(&self, req, mode).await,
+            (true, Ok(None)) => match http::invoke(&self, req).await {
                 Ok(response) => response,
                 Err(error) => {
                     if !matches!(error, InvokeError::MethodNotAllowed) {
@@ -75,7 +84,7 @@ impl Ingress {
             drop(slot);
             drop(in_flight);
             let seconds = start.elapsed().as_secs_f64();
-            metrics.observe("http", &method, status, seconds);
+            metrics.observe(protocol, &method, status, seconds);
             if !quiet {
                 tracing::info!(
                     target: "access",

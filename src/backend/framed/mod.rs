@@ -127,6 +127,9 @@ impl FramedBackend {
                 response = response.header(name, value);
             }
         }
+        if let Some(reply) = head.reply {
+            response = response.extension(super::ReplyEvent(reply));
+        }
         guard.armed = false;
         let body = FramedBody {
             events,

@@ -1,0 +1,295 @@
+//! CloudEvents over HTTP (SPEC §6): a detected event becomes an envelope whose kind is the event, its data the
+//! body; the function's answer becomes a reply event in binary mode (200), no reply (202), or a status from
+//! Knative's retry table. Parsing and encoding are in [`crate::cloudevent`]; this module applies them.
+
+use ::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use http_body::Frame;
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::Ingress;
+use crate::backend::{Backend, BodyLimits, Invocation, ReplyEvent};
+use crate::body::{self, BoxError, RequestBody, ResponseBody};
+use crate::cloudevent::{self, BindingError, CloudEvent, Mode, Parsed};
+use crate::envelope::{self, Envelope, Kind};
+use crate::error::{plain_response, InvokeError};
+
+/// The cap on a structured or batched body when `max_body_bytes` is 0: it must be parsed whole.
+pub const DEFAULT_EVENT_BODY_LIMIT: u64 = 32 << 20;
+
+/// Why a CloudEvent request got no reply event.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The request is not a valid event (400) or uses an unsupported format (415).
+    #[error(transparent)]
+    Binding(#[from] BindingError),
+    /// The event could not be delivered or the function failed.
+    #[error(transparent)]
+    Invoke(#[from] InvokeError),
+    /// The function answered with a non-2xx status of its own: passed on as it is.
+    #[error("the function answered {}", .0.status())]
+    Declined(Response<ResponseBody>),
+    /// The function's reply event is not a valid CloudEvent.
+    #[error("the function's reply event is invalid: {0}")]
+    BadReply(BindingError),
+}
+
+impl DeliveryError {
+    /// The response for this failure.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        match self {
+            DeliveryError::Binding(error) => plain_response(error.status(), format!("{error}\n")),
+            DeliveryError::Invoke(error) => error.into_cloudevent_response(),
+            DeliveryError::Declined(response) => response,
+            bad @ DeliveryError::BadReply(_) => plain_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{bad}\n")),
+        }
+    }
+}
+
+/// A reply event and its data, still streaming.
+pub struct Reply {
+    /// The event, defaults filled in.
+    pub event: CloudEvent,
+    /// Response headers of the function to keep (e.g. `X-Duration-Seconds`), without its Content-Type.
+    pub headers: HeaderMap,
+    /// The data.
+    pub data: ResponseBody,
+}
+
+/// Answers a request that [`cloudevent::detect`] recognised as `mode`.
+pub async fn invoke(ingress: &Ingress, req: Request<Incoming>, mode: Mode) -> Response<ResponseBody> {
+    let result = match mode {
+        Mode::Binary => binary(ingress, req).await,
+        Mode::Structured => structured(ingress, req).await,
+        Mode::Batch => batch(ingress, req).await,
+    };
+    result.unwrap_or_else(DeliveryError::into_response)
+}
+
+async fn binary(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<ResponseBody>, DeliveryError> {
+    let event = cloudevent::from_binary(req.headers())?;
+    let (parts, body) = req.into_parts();
+    let content_length = super::http::declared_length(&parts, &body);
+    let max = ingress.config.max_body_bytes;
+    if max > 0 && content_length > max as i64 {
+        return Err(InvokeError::BodyTooLarge { limit: max }.into());
+    }
+    let envelope = envelope::from_http(&parts, content_length, ingress.backend.timeout()).map_err(InvokeError::from)?;
+    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    let reply = deliver(ingress, envelope, event, body, parts).await?;
+    Ok(reply.map(binary_response).unwrap_or_else(accepted))
+}
+
+async fn structured(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<ResponseBody>, DeliveryError> {
+    let (parts, whole) = read_whole(ingress, req).await?;
+    let Parsed { event, data } = cloudevent::from_structured(&whole)?;
+    let envelope = event_envelope(ingress, &parts, &event, data.len())?;
+    let reply = deliver(ingress, envelope, event, body::request_from(data), parts).await?;
+    Ok(reply.map(binary_response).unwrap_or_else(accepted))
+}
+
+async fn batch(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<ResponseBody>, DeliveryError> {
+    let (parts, whole) = read_whole(ingress, req).await?;
+    let events = cloudevent::from_batch(&whole)?;
+    let mut replies = Vec::new();
+    for Parsed { event, data } in events {
+        let envelope = event_envelope(ingress, &parts, &event, data.len())?;
+        let reply = deliver(ingress, envelope, event, body::request_from(data), parts.clone()).await?;
+        if let Some(reply) = reply {
+            let data = collect_reply_data(reply.data).await?;
+            replies.push((reply.event, data));
+        }
+    }
+    if replies.is_empty() {
+        return Ok(accepted());
+    }
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/cloudevents-batch+json")
+        .body(body::full(cloudevent::to_batch_json(&replies)))
+        .expect("valid response"))
+}
+
+/// Reads a structured or batched body whole, within `max_body_bytes` (32 MiB when unlimited) and `read_timeout`.
+async fn read_whole(ingress: &Ingress, req: Request<Incoming>) -> Result<(::http::request::Parts, Bytes), InvokeError> {
+    let config = &ingress.config;
+    let limit = if config.max_body_bytes > 0 { config.max_body_bytes } else { DEFAULT_EVENT_BODY_LIMIT };
+    let (parts, body) = req.into_parts();
+    if super::http::declared_length(&parts, &body) > limit as i64 {
+        return Err(InvokeError::BodyTooLarge { limit });
+    }
+    let collect = Limited::new(body, limit as usize).collect();
+    let collected = if config.read_timeout.is_zero() {
+        collect.await
+    } else {
+        tokio::time::timeout(config.read_timeout, collect).await.map_err(|_| InvokeError::ReadTimeout(config.read_timeout))?
+    };
+    match collected {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(InvokeError::BodyTooLarge { limit }),
+        Err(error) => Err(InvokeError::BodyRead(error.to_string())),
+    }
+}
+
+/// The envelope of an event parsed from a body: the function sees the event's `datacontenttype` as its
+/// Content-Type and the data's length, not the structured document's.
+fn event_envelope(
+    ingress: &Ingress,
+    parts: &::http::request::Parts,
+    event: &CloudEvent,
+    data_len: usize,
+) -> Result<Envelope, InvokeError> {
+    let mut envelope = envelope::from_http(parts, data_len as i64, ingress.backend.timeout())?;
+    envelope.headers.retain(|h| {
+        !h.name.eq_ignore_ascii_case("content-type") && !h.name.eq_ignore_ascii_case("content-length")
+    });
+    if let Some(ct) = event.attributes.get("datacontenttype") {
+        let value = cloudevent::attribute_text(ct);
+        envelope.headers.push(envelope::Header { name: "content-type".into(), value: value.into_bytes().into() });
+    }
+    envelope.headers.push(envelope::Header {
+        name: "content-length".into(),
+        value: data_len.to_string().into_bytes().into(),
+    });
+    envelope.content_length = data_len as i64;
+    Ok(envelope)
+}
+
+/// Runs the function for one event and turns its answer into a reply event, or `None` when it accepted the
+/// event without output. Also used by the gRPC `CloudEvents` service, so both transports share the rules.
+pub async fn deliver(
+    ingress: &Ingress,
+    envelope: Envelope,
+    event: CloudEvent,
+    body: RequestBody,
+    head: ::http::request::Parts,
+) -> Result<Option<Reply>, DeliveryError> {
+    let config = &ingress.config;
+    let envelope = envelope.into_kind(Kind::Cloudevent(event.clone()));
+    let limits = BodyLimits {
+        max_bytes: config.max_body_bytes,
+        read_deadline: (!config.read_timeout.is_zero()).then(|| Instant::now() + config.read_timeout),
+        read_timeout: config.read_timeout,
+    };
+    let invocation = Invocation { envelope, body, limits, head, timeout: None };
+    let response = ingress.backend.invoke(invocation).await?;
+    reply_from(ingress, &event, response).await
+}
+
+/// The reply rules of SPEC §6 applied to the function's answer.
+async fn reply_from(
+    ingress: &Ingress,
+    request: &CloudEvent,
+    response: Response<ResponseBody>,
+) -> Result<Option<Reply>, DeliveryError> {
+    if !response.status().is_success() {
+        return Err(DeliveryError::Declined(response));
+    }
+    let (mut parts, data) = response.into_parts();
+    let own = parts.extensions.remove::<ReplyEvent>().map(|ReplyEvent(event)| event);
+    let data = match own {
+        Some(_) => data,
+        None => match non_empty(data).await? {
+            Some(data) => data,
+            None => return Ok(None),
+        },
+    };
+    let content_type = parts.headers.remove(header::CONTENT_TYPE);
+    let mut event = own.unwrap_or_default();
+    fill_defaults(ingress, request, content_type, &mut event);
+    cloudevent::validate(&event).map_err(DeliveryError::BadReply)?;
+    drop_ce_headers(&mut parts.headers);
+    Ok(Some(Reply { event, headers: parts.headers, data }))
+}
+
+/// Completes a reply event: a fresh id, `ce_reply_source`, `ce_reply_type` (else the request's type +
+/// `.reply`), the request's spec version, and a `datacontenttype`.
+fn fill_defaults(ingress: &Ingress, request: &CloudEvent, content_type: Option<HeaderValue>, event: &mut CloudEvent) {
+    let config = &ingress.config;
+    if event.id.is_empty() {
+        event.id = uuid::Uuid::new_v4().to_string();
+    }
+    if event.source.is_empty() {
+        event.source = config.ce_reply_source.clone();
+    }
+    if event.r#type.is_empty() {
+        event.r#type = config.ce_reply_type.clone().unwrap_or_else(|| format!("{}.reply", request.r#type));
+    }
+    if event.spec_version.is_empty() {
+        event.spec_version = request.spec_version.clone();
+    }
+    if event.attributes.contains_key("datacontenttype") {
+        return;
+    }
+    // A fork function's Content-Type is the watchdog's guess; an http-mode function's is its own choice.
+    let function_chosen = !matches!(ingress.backend, Backend::Fork(_));
+    let chosen = config.content_type.clone().or_else(|| {
+        let from_function = content_type.filter(|_| function_chosen).and_then(|v| v.to_str().ok().map(String::from));
+        from_function.or_else(|| request.attributes.get("datacontenttype").map(cloudevent::attribute_text))
+    });
+    if let Some(ct) = chosen {
+        event.attributes.insert("datacontenttype".into(), cloudevent::string_value(ct));
+    }
+}
+
+/// `Some(body)` when the body has at least one byte, else `None`; a body that fails is a function failure.
+async fn non_empty(mut data: ResponseBody) -> Result<Option<ResponseBody>, InvokeError> {
+    loop {
+        match data.frame().await {
+            None => return Ok(None),
+            Some(Err(error)) => return Err(InvokeError::Internal(format!("reading the function's output: {error}"))),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(chunk) if chunk.is_empty() => continue,
+                Ok(chunk) => {
+                    let first = stream::iter([Ok::<_, std::io::Error>(Frame::data(chunk))]);
+                    let rest = http_body_util::BodyStream::new(data);
+                    return Ok(Some(StreamBody::new(first.chain(rest)).boxed_unsync()));
+                }
+                Err(_) => continue,
+            },
+        }
+    }
+}
+
+/// A reply's whole data, for a batch.
+async fn collect_reply_data(data: ResponseBody) -> Result<Bytes, InvokeError> {
+    Limited::new(data, DEFAULT_EVENT_BODY_LIMIT as usize)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| InvokeError::Internal(format!("reading the function's reply: {e}")))
+}
+
+/// 200 with the reply event in binary mode.
+pub fn binary_response(reply: Reply) -> Response<ResponseBody> {
+    let mut response = Response::builder().status(StatusCode::OK);
+    let headers = response.headers_mut().expect("builder is fresh");
+    for (name, value) in reply.headers.iter() {
+        headers.append(name, value.clone());
+    }
+    match cloudevent::to_binary_headers(&reply.event) {
+        Ok(ce_headers) => {
+            for (name, value) in ce_headers {
+                headers.insert(name, value);
+            }
+        }
+        Err(error) => return DeliveryError::BadReply(error).into_response(),
+    }
+    response.body(reply.data).expect("valid response")
+}
+
+/// 202: the event was accepted and there is no reply.
+fn accepted() -> Response<ResponseBody> {
+    Response::builder().status(StatusCode::ACCEPTED).body(body::empty()).expect("valid response")
+}
+
+/// Removes the function's own `ce-` headers: the reply event's attributes are the only ones sent.
+fn drop_ce_headers(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().starts_with("ce-")).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
