@@ -1,6 +1,12 @@
 //! CloudEvents (SPEC §6): the HTTP binding (binary, structured and batched modes) and the JSON event format,
 //! turning requests into [`CloudEvent`]s for the envelope and reply events back into HTTP. No I/O here.
 
+mod binding;
+mod json;
+
+pub use binding::{detect, from_binary, to_binary_headers, validate, BindingError, Mode};
+pub use json::{from_batch, from_structured, to_batch_json, to_structured_json, Parsed};
+
 use crate::envelope::pb::io::cloudevents::v1::cloud_event::cloud_event_attribute_value::Attr;
 pub use crate::envelope::pb::io::cloudevents::v1::cloud_event::CloudEventAttributeValue;
 pub use crate::envelope::pb::io::cloudevents::v1::CloudEvent;

@@ -1,0 +1,648 @@
+//! The CloudEvents HTTP protocol binding (SPEC §6): content-mode detection, binary-mode headers in both
+//! directions, and the checks every incoming event passes. Attribute values are kept exactly as sent.
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+use super::{attribute_text, attributes, string_value, CloudEvent};
+
+/// How a request carries an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Attributes in `ce-*` headers, data in the body.
+    Binary,
+    /// One JSON event in the body (`application/cloudevents+json`).
+    Structured,
+    /// A JSON array of events in the body (`application/cloudevents-batch+json`).
+    Batch,
+}
+
+/// Why a request is not an acceptable CloudEvent.
+#[derive(Debug, thiserror::Error)]
+pub enum BindingError {
+    /// 400: an attribute is missing, malformed or not allowed; `attribute` names it.
+    #[error("invalid CloudEvent: attribute \"{attribute}\" {reason}")]
+    Invalid {
+        /// The attribute's name as sent.
+        attribute: String,
+        /// What is wrong with it, worded to follow the quoted name.
+        reason: String,
+    },
+    /// 415: a structured or batched media type whose `+format` is not `json`; holds the format, empty when the
+    /// media type has none.
+    #[error("{}", unsupported_message(.0))]
+    UnsupportedFormat(String),
+    /// 400: the body is not valid JSON, or not the object or array expected.
+    #[error("invalid CloudEvent JSON: {0}")]
+    BadJson(String),
+}
+
+fn unsupported_message(format: &str) -> String {
+    if format.is_empty() {
+        "unsupported CloudEvents media type: it has no +format suffix (only +json is supported)".to_string()
+    } else {
+        format!("unsupported CloudEvents format {format:?} (only json is supported)")
+    }
+}
+
+impl BindingError {
+    /// The HTTP status this error answers with: 415 for an unsupported format, else 400.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BindingError::UnsupportedFormat(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BindingError::Invalid { .. } | BindingError::BadJson(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// An [`BindingError::Invalid`] for `attribute`.
+    pub(crate) fn invalid(attribute: impl Into<String>, reason: impl Into<String>) -> Self {
+        BindingError::Invalid { attribute: attribute.into(), reason: reason.into() }
+    }
+}
+
+const BATCH_MEDIA_TYPE: &str = "application/cloudevents-batch";
+const STRUCTURED_MEDIA_TYPE: &str = "application/cloudevents";
+const SPEC_VERSION_HEADER: &str = "ce-specversion";
+
+/// SPEC §6 detection: which mode a request uses, or `None` for plain HTTP. Only POST is inspected.
+pub fn detect(method: &Method, headers: &HeaderMap) -> Result<Option<Mode>, BindingError> {
+    if method != Method::POST {
+        return Ok(None);
+    }
+    if let Some(content_type) = headers.get(CONTENT_TYPE) {
+        let media = media_type(content_type.as_bytes());
+        // The batch prefix extends the structured one, so it must be tried first.
+        if let Some(rest) = media.strip_prefix(BATCH_MEDIA_TYPE) {
+            return check_format(rest).map(|()| Some(Mode::Batch));
+        }
+        if let Some(rest) = media.strip_prefix(STRUCTURED_MEDIA_TYPE) {
+            return check_format(rest).map(|()| Some(Mode::Structured));
+        }
+    }
+    Ok(headers.contains_key(SPEC_VERSION_HEADER).then_some(Mode::Binary))
+}
+
+/// The media type of a Content-Type value: before any `;`, trimmed, ASCII lower case. Header values may hold
+/// non-UTF-8 bytes; those can never match a CloudEvents type, so a lossy view is enough.
+pub(crate) fn media_type(content_type: &[u8]) -> String {
+    let end = content_type.iter().position(|&b| b == b';').unwrap_or(content_type.len());
+    String::from_utf8_lossy(&content_type[..end]).trim().to_ascii_lowercase()
+}
+
+/// Whether a JSON-ish media type: `application/json`, `*/json` or `*+json`.
+pub(crate) fn is_json_media_type(content_type: &str) -> bool {
+    let media = media_type(content_type.as_bytes());
+    media.ends_with("/json") || media.ends_with("+json")
+}
+
+/// `rest` is what follows `application/cloudevents[-batch]`: it must be exactly `+json`.
+fn check_format(rest: &str) -> Result<(), BindingError> {
+    match rest.strip_prefix('+') {
+        Some("json") => Ok(()),
+        Some(format) if !format.is_empty() => Err(BindingError::UnsupportedFormat(format.to_string())),
+        _ => Err(BindingError::UnsupportedFormat(String::new())),
+    }
+}
+
+/// A binary-mode event from its headers; its data is the request body, which is not looked at here.
+///
+/// A `ce-*` header sent more than once is a 400: which copy is meant cannot be known.
+pub fn from_binary(headers: &HeaderMap) -> Result<CloudEvent, BindingError> {
+    let mut event = CloudEvent::default();
+    for name in headers.keys() {
+        // Header names are already lower case in `http`, so attribute names come out lower case.
+        let Some(attribute) = name.as_str().strip_prefix("ce-") else { continue };
+        if attribute == "datacontenttype" {
+            return Err(BindingError::invalid(
+                attribute,
+                "must be sent as the Content-Type header, not ce-datacontenttype",
+            ));
+        }
+        let mut values = headers.get_all(name).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(BindingError::invalid(attribute, "is sent in more than one header"));
+        };
+        let text = percent_decode(value.as_bytes())
+            .map_err(|_| BindingError::invalid(attribute, "is not UTF-8 once percent-decoded"))?;
+        set_attribute(&mut event, attribute, text);
+    }
+    if let Some(value) = headers.get(CONTENT_TYPE) {
+        // Content-Type is an ordinary HTTP header: it is not percent-encoded, but must still be text.
+        let text = std::str::from_utf8(value.as_bytes())
+            .map_err(|_| BindingError::invalid("datacontenttype", "(the Content-Type header) is not UTF-8"))?;
+        event.attributes.insert("datacontenttype".to_string(), string_value(text));
+    }
+    validate(&event)?;
+    Ok(event)
+}
+
+/// Stores one attribute: the required ones in their own fields, every other one as a string, as sent.
+pub(crate) fn set_attribute(event: &mut CloudEvent, name: &str, text: String) {
+    match name {
+        "specversion" => event.spec_version = text,
+        "id" => event.id = text,
+        "source" => event.source = text,
+        "type" => event.r#type = text,
+        _ => {
+            event.attributes.insert(name.to_string(), string_value(text));
+        }
+    }
+}
+
+/// Decodes each valid `%XX` once and keeps every other byte as it is, since clients send raw UTF-8 and bare `%`.
+fn percent_decode(value: &[u8]) -> Result<String, std::string::FromUtf8Error> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        let escaped = match value.get(i..i + 3) {
+            Some([b'%', hi, lo]) => hex_digit(*hi).zip(hex_digit(*lo)).map(|(hi, lo)| hi << 4 | lo),
+            _ => None,
+        };
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(value[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+/// Percent-encodes a value as the HTTP binding requires: space, `"`, `%` and every byte outside U+0021..U+007E.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Spec checks on an event: a known spec version, non-empty required attributes, well-formed attribute names and
+/// an RFC 3339 `time`.
+pub fn validate(event: &CloudEvent) -> Result<(), BindingError> {
+    match event.spec_version.as_str() {
+        "1.0" | "0.3" => {}
+        "" => return Err(BindingError::invalid("specversion", "is missing or empty")),
+        other => {
+            return Err(BindingError::invalid(
+                "specversion",
+                format!("is {other:?}; only \"1.0\" and \"0.3\" are supported"),
+            ))
+        }
+    }
+    for (name, value) in [("id", &event.id), ("source", &event.source), ("type", &event.r#type)] {
+        if value.is_empty() {
+            return Err(BindingError::invalid(name, "is missing or empty"));
+        }
+    }
+    // Sorted so the error names the same attribute whatever the map's order.
+    let mut names: Vec<&String> = event.attributes.keys().collect();
+    names.sort();
+    for name in names {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            return Err(BindingError::invalid(name, "is not a valid attribute name (only a-z and 0-9 are allowed)"));
+        }
+        // These have their own fields, or (data) are the payload in the JSON format; a copy here would clash.
+        if matches!(name.as_str(), "specversion" | "id" | "source" | "type" | "data") {
+            return Err(BindingError::invalid(name, "is a reserved name and cannot be an extension"));
+        }
+    }
+    if let Some(time) = event.attributes.get("time") {
+        let text = attribute_text(time);
+        if !is_rfc3339(&text) {
+            return Err(BindingError::invalid("time", format!("is {text:?}, not an RFC 3339 timestamp")));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `s` is an RFC 3339 `date-time` (section 5.6), with real calendar dates and leap seconds allowed.
+fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        let digits = b.get(range)?;
+        digits.iter().try_fold(0u32, |n, &d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+    };
+    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) =
+        (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19))
+    else {
+        return false;
+    };
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt") && sep(13, b":") && sep(16, b":")) {
+        return false;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    if day == 0 || day > days || hour > 23 || minute > 59 || second > 60 {
+        return false;
+    }
+    let mut i = 19;
+    if sep(i, b".") {
+        let digits = b[i + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
+        if digits == 0 {
+            return false;
+        }
+        i += 1 + digits;
+    }
+    match b.get(i..) {
+        Some(b"Z" | b"z") => true,
+        Some([b'+' | b'-', ..]) => {
+            b.len() == i + 6
+                && sep(i + 3, b":")
+                && num(i + 1..i + 3).is_some_and(|h| h <= 23)
+                && num(i + 4..i + 6).is_some_and(|m| m <= 59)
+        }
+        _ => false,
+    }
+}
+
+/// Binary-mode headers for a reply event: `ce-<name>` per attribute, percent-encoded, with `datacontenttype` as an
+/// unencoded `content-type`. Fails for a name that is not a lower-case header name or a Content-Type that cannot
+/// be a header value.
+pub fn to_binary_headers(event: &CloudEvent) -> Result<Vec<(HeaderName, HeaderValue)>, BindingError> {
+    let mut out = Vec::with_capacity(4 + event.attributes.len());
+    for (name, value) in attributes(event) {
+        if name == "datacontenttype" {
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| BindingError::invalid(&name, "cannot be sent as a Content-Type header"))?;
+            out.push((CONTENT_TYPE, value));
+            continue;
+        }
+        let header = format!("ce-{name}");
+        // `http` lower-cases names; a name that changes would come back as a different attribute, and a bare
+        // `ce-` as none.
+        let header_name = HeaderName::from_bytes(header.as_bytes())
+            .ok()
+            .filter(|h| !name.is_empty() && h.as_str() == header)
+            .ok_or_else(|| BindingError::invalid(&name, "cannot be sent as an HTTP header name"))?;
+        let value = HeaderValue::from_str(&percent_encode(&value))
+            .map_err(|_| BindingError::invalid(&name, "cannot be sent as an HTTP header value"))?;
+        out.push((header_name, value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_bytes(value).unwrap());
+        }
+        map
+    }
+
+    fn required(version: &str) -> Vec<(&'static str, &'static [u8])> {
+        let version: &'static [u8] = if version == "1.0" { b"1.0" } else { b"0.3" };
+        vec![("ce-specversion", version), ("ce-id", b"1"), ("ce-source", b"/s"), ("ce-type", b"t")]
+    }
+
+    fn with(version: &str, extra: &[(&'static str, &'static [u8])]) -> HeaderMap {
+        let mut pairs = required(version);
+        pairs.extend_from_slice(extra);
+        headers(&pairs)
+    }
+
+    fn text(event: &CloudEvent, name: &str) -> Option<String> {
+        event.attributes.get(name).map(attribute_text)
+    }
+
+    fn invalid_attribute(err: BindingError) -> String {
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{err}");
+        match err {
+            BindingError::Invalid { attribute, .. } => attribute,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    fn event(version: &str) -> CloudEvent {
+        CloudEvent {
+            id: "1".into(),
+            source: "/s".into(),
+            spec_version: version.into(),
+            r#type: "t".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn detect_modes() {
+        let post = Method::POST;
+        let ct = |v: &'static str| headers(&[("content-type", v.as_bytes())]);
+        assert_eq!(detect(&post, &ct("application/cloudevents+json")).unwrap(), Some(Mode::Structured));
+        assert_eq!(detect(&post, &ct("Application/CloudEvents+JSON; charset=utf-8")).unwrap(), Some(Mode::Structured));
+        assert_eq!(detect(&post, &ct("application/cloudevents-batch+json")).unwrap(), Some(Mode::Batch));
+        assert_eq!(detect(&post, &ct("APPLICATION/CLOUDEVENTS-BATCH+Json ;x=y")).unwrap(), Some(Mode::Batch));
+        assert_eq!(detect(&post, &ct("application/json")).unwrap(), None);
+        assert_eq!(detect(&post, &HeaderMap::new()).unwrap(), None);
+        assert_eq!(detect(&post, &with("1.0", &[])).unwrap(), Some(Mode::Binary));
+        assert_eq!(detect(&post, &with("1.0", &[("content-type", b"application/json")])).unwrap(), Some(Mode::Binary));
+        // Structured wins over ce-* headers: the body is the event.
+        let both = with("1.0", &[("content-type", b"application/cloudevents+json")]);
+        assert_eq!(detect(&post, &both).unwrap(), Some(Mode::Structured));
+    }
+
+    #[test]
+    fn detect_inspects_only_post() {
+        let structured = headers(&[("content-type", b"application/cloudevents+xml"), ("ce-specversion", b"1.0")]);
+        for method in [Method::GET, Method::PUT, Method::DELETE, Method::HEAD] {
+            assert_eq!(detect(&method, &structured).unwrap(), None, "{method}");
+        }
+    }
+
+    #[test]
+    fn detect_unsupported_formats_are_415() {
+        let post = Method::POST;
+        for (ct, format) in [
+            ("application/cloudevents+xml", "xml"),
+            ("application/cloudevents+avro; charset=utf-8", "avro"),
+            ("application/cloudevents-batch+protobuf", "protobuf"),
+            ("application/cloudevents", ""),
+            ("application/cloudevents-batch", ""),
+            ("application/cloudevents+", ""),
+            ("application/cloudeventsjson", ""),
+        ] {
+            let err = detect(&post, &headers(&[("content-type", ct.as_bytes())])).unwrap_err();
+            assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+            assert!(matches!(&err, BindingError::UnsupportedFormat(f) if f == format), "{ct}: {err:?}");
+        }
+        let err = detect(&post, &headers(&[("content-type", b"application/cloudevents+xml")])).unwrap_err();
+        assert_eq!(err.to_string(), "unsupported CloudEvents format \"xml\" (only json is supported)");
+        let err = detect(&post, &headers(&[("content-type", b"application/cloudevents")])).unwrap_err();
+        assert!(err.to_string().contains("no +format"), "{err}");
+    }
+
+    #[test]
+    fn binary_required_and_optional_attributes_both_versions() {
+        for version in ["1.0", "0.3"] {
+            let map = with(
+                version,
+                &[
+                    ("ce-time", b"2020-01-01T10:00:00+01:00"),
+                    ("ce-subject", b"sub"),
+                    ("ce-myext", b"42"),
+                    ("content-type", b"text/plain; charset=utf-8"),
+                    ("traceparent", b"00-abc"),
+                ],
+            );
+            let event = from_binary(&map).unwrap();
+            assert_eq!(
+                (event.spec_version.as_str(), event.id.as_str(), event.source.as_str(), event.r#type.as_str()),
+                (version, "1", "/s", "t")
+            );
+            // Time exactly as sent, not normalised to UTC.
+            assert_eq!(text(&event, "time").as_deref(), Some("2020-01-01T10:00:00+01:00"));
+            assert_eq!(text(&event, "subject").as_deref(), Some("sub"));
+            assert_eq!(text(&event, "myext").as_deref(), Some("42"));
+            assert_eq!(text(&event, "datacontenttype").as_deref(), Some("text/plain; charset=utf-8"));
+            assert_eq!(event.attributes.len(), 4, "non-ce headers are not attributes");
+            assert!(event.data.is_none());
+        }
+    }
+
+    #[test]
+    fn binary_without_content_type_is_valid() {
+        let event = from_binary(&with("1.0", &[])).unwrap();
+        assert!(event.attributes.is_empty());
+    }
+
+    #[test]
+    fn binary_missing_or_empty_required_is_400_naming_it() {
+        for name in ["ce-id", "ce-source", "ce-type", "ce-specversion"] {
+            let attribute = &name[3..];
+            let missing: Vec<_> = required("1.0").into_iter().filter(|(n, _)| *n != name).collect();
+            assert_eq!(invalid_attribute(from_binary(&headers(&missing)).unwrap_err()), attribute);
+            let mut empty = required("1.0");
+            empty.retain(|(n, _)| *n != name);
+            empty.push((name, b""));
+            let err = from_binary(&headers(&empty)).unwrap_err();
+            assert_eq!(err.to_string(), format!("invalid CloudEvent: attribute \"{attribute}\" is missing or empty"));
+        }
+    }
+
+    #[test]
+    fn binary_rejects_unknown_specversion_and_ce_datacontenttype() {
+        let mut pairs = required("1.0");
+        pairs[0] = ("ce-specversion", b"2.0");
+        let err = from_binary(&headers(&pairs)).unwrap_err();
+        assert!(err.to_string().contains("\"2.0\""), "{err}");
+        assert_eq!(invalid_attribute(err), "specversion");
+        let err = from_binary(&with("1.0", &[("ce-datacontenttype", b"text/plain")])).unwrap_err();
+        assert_eq!(invalid_attribute(err), "datacontenttype");
+    }
+
+    #[test]
+    fn binary_bad_time_and_bad_names_are_400() {
+        let err = from_binary(&with("1.0", &[("ce-time", b"yesterday")])).unwrap_err();
+        assert_eq!(invalid_attribute(err), "time");
+        let err = from_binary(&with("0.3", &[("ce-my_ext", b"x")])).unwrap_err();
+        assert_eq!(invalid_attribute(err), "my_ext");
+        let err = from_binary(&with("1.0", &[("ce-", b"x")])).unwrap_err();
+        assert_eq!(invalid_attribute(err), "");
+        let err = from_binary(&with("1.0", &[("ce-data", b"x")])).unwrap_err();
+        assert_eq!(invalid_attribute(err), "data");
+    }
+
+    #[test]
+    fn binary_repeated_header_is_400() {
+        let err = from_binary(&with("1.0", &[("ce-ext", b"a"), ("ce-ext", b"b")])).unwrap_err();
+        assert_eq!(invalid_attribute(err), "ext");
+    }
+
+    #[test]
+    fn binary_percent_decoding() {
+        let decode = |raw: &'static [u8]| text(&from_binary(&with("1.0", &[("ce-ext", raw)])).unwrap(), "ext").unwrap();
+        assert_eq!(decode(b"caf%C3%A9"), "café");
+        assert_eq!(decode(b"caf%c3%a9"), "café");
+        assert_eq!(decode(b"100%"), "100%");
+        assert_eq!(decode(b"%zz and %4"), "%zz and %4");
+        assert_eq!(decode("café raw".as_bytes()), "café raw");
+        assert_eq!(decode(b"%2541"), "%41", "decoded once only");
+        assert_eq!(decode(b"a%20b%22c%25"), "a b\"c%");
+        let err = from_binary(&with("1.0", &[("ce-ext", b"%FF")])).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+        assert_eq!(invalid_attribute(err), "ext");
+        let err = from_binary(&with("1.0", &[("ce-ext", b"\xff")])).unwrap_err();
+        assert_eq!(invalid_attribute(err), "ext");
+        // The required ones are decoded too.
+        let event = from_binary(&headers(&[
+            ("ce-specversion", b"1.0"),
+            ("ce-id", b"a%20b"),
+            ("ce-source", b"/s"),
+            ("ce-type", b"t"),
+        ]))
+        .unwrap();
+        assert_eq!(event.id, "a b");
+    }
+
+    #[test]
+    fn content_type_is_not_percent_decoded() {
+        let event = from_binary(&with("1.0", &[("content-type", b"text/x%20y")])).unwrap();
+        assert_eq!(text(&event, "datacontenttype").as_deref(), Some("text/x%20y"));
+        let err = from_binary(&with("1.0", &[("content-type", b"text/\xff")])).unwrap_err();
+        assert_eq!(invalid_attribute(err), "datacontenttype");
+    }
+
+    #[test]
+    fn validate_rules() {
+        assert!(validate(&event("1.0")).is_ok());
+        assert!(validate(&event("0.3")).is_ok());
+        for version in ["", "1", "1.1", "0.2", "v1.0"] {
+            assert_eq!(invalid_attribute(validate(&event(version)).unwrap_err()), "specversion", "{version}");
+        }
+        for (name, ok) in
+            [("abc123", true), ("Abc", false), ("a-b", false), ("a_b", false), ("é", false), ("id", false)]
+        {
+            let mut e = event("1.0");
+            e.attributes.insert(name.into(), string_value("x"));
+            assert_eq!(validate(&e).is_ok(), ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_timestamps() {
+        for good in [
+            "2020-01-01T00:00:00Z",
+            "2020-01-01t00:00:00z",
+            "2020-02-29T23:59:60.123456789+14:00",
+            "2000-02-29T00:00:00-00:00",
+            "1999-12-31T23:59:59.5+05:30",
+        ] {
+            assert!(is_rfc3339(good), "{good}");
+        }
+        for bad in [
+            "",
+            "2020-01-01",
+            "2020-01-01 00:00:00Z",
+            "2020-01-01T00:00:00",
+            "2020-01-01T00:00:00.Z",
+            "2019-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2020-13-01T00:00:00Z",
+            "2020-04-31T00:00:00Z",
+            "2020-01-01T24:00:00Z",
+            "2020-01-01T00:60:00Z",
+            "2020-01-01T00:00:61Z",
+            "2020-01-01T00:00:00+2400",
+            "2020-01-01T00:00:00+24:00",
+            "2020-01-01T00:00:00+01:00x",
+            "2020-01-01T00:00:00ZZ",
+            "+020-01-01T00:00:00Z",
+            "２020-01-01T00:00:00Z",
+        ] {
+            assert!(!is_rfc3339(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reply_headers_are_percent_encoded() {
+        let mut e = event("1.0");
+        e.id = "a b\"c%d".into();
+        e.attributes.insert("subject".into(), string_value("café\u{7f}\t~!"));
+        e.attributes.insert("datacontenttype".into(), string_value("text/plain; charset=\"utf-8\""));
+        let got: Vec<(String, String)> = to_binary_headers(&e)
+            .unwrap()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let want = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "a%20b%22c%25d"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+            ("content-type", "text/plain; charset=\"utf-8\""),
+            ("ce-subject", "caf%C3%A9%7F%09~!"),
+        ];
+        let want: Vec<(String, String)> = want.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn reply_headers_reject_impossible_names_and_content_types() {
+        for name in ["Upper", "a b", "é", ""] {
+            let mut e = event("1.0");
+            e.attributes.insert(name.into(), string_value("x"));
+            assert_eq!(invalid_attribute(to_binary_headers(&e).unwrap_err()), name);
+        }
+        let mut e = event("1.0");
+        e.attributes.insert("datacontenttype".into(), string_value("text/plain\r\nx: y"));
+        assert_eq!(invalid_attribute(to_binary_headers(&e).unwrap_err()), "datacontenttype");
+    }
+
+    #[test]
+    fn encode_then_decode_round_trips() {
+        for value in ["plain", "a b", "100%", "%41", "caf\u{e9}", "\"quoted\"", "tab\there", "\u{1F600}", "\u{0}"] {
+            assert_eq!(percent_decode(percent_encode(value).as_bytes()).unwrap(), value);
+        }
+    }
+
+    fn header_value() -> impl Strategy<Value = Vec<u8>> {
+        // What a client can put in a header value: visible ASCII, space, tab and obs-text bytes.
+        proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff, Just(b'%')], 0..24)
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_headers_never_panic(
+            pairs in proptest::collection::vec(
+                (prop_oneof![
+                    Just("ce-specversion".to_string()), Just("ce-id".to_string()), Just("ce-source".to_string()),
+                    Just("ce-type".to_string()), Just("ce-time".to_string()), Just("content-type".to_string()),
+                    Just("ce-datacontenttype".to_string()), "ce-[a-z0-9_]{0,6}",
+                ], prop_oneof![header_value(), Just(b"1.0".to_vec()), Just(b"application/cloudevents+json".to_vec())]),
+                0..10,
+            )
+        ) {
+            let mut map = HeaderMap::new();
+            for (name, value) in &pairs {
+                map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_bytes(value).unwrap());
+            }
+            let status = |e: &BindingError| e.status();
+            if let Err(e) = detect(&Method::POST, &map) {
+                prop_assert!(status(&e) == StatusCode::UNSUPPORTED_MEDIA_TYPE, "{e}");
+            }
+            if let Err(e) = from_binary(&map) {
+                prop_assert!(status(&e) == StatusCode::BAD_REQUEST, "{e}");
+            }
+        }
+
+        #[test]
+        fn reply_headers_round_trip(
+            id in "\\PC+", source in any::<String>(), subject in any::<String>(), ext in any::<String>(),
+            version in prop_oneof![Just("1.0"), Just("0.3")],
+        ) {
+            let mut e = event(version);
+            e.id = id;
+            e.source = format!("/{source}");
+            e.attributes.insert("subject".into(), string_value(subject));
+            e.attributes.insert("ext1".into(), string_value(ext));
+            let mut map = HeaderMap::new();
+            for (name, value) in to_binary_headers(&e).unwrap() {
+                map.append(name, value);
+            }
+            prop_assert_eq!(from_binary(&map).unwrap(), e);
+        }
+    }
+}
