@@ -1,0 +1,3 @@
+module example.com/order-go
+
+go 1.22
