@@ -234,7 +234,10 @@ async fn batch_invokes_each_event_in_order_and_replies_with_a_batch() {
     let f = script(
         tmp.path(),
         "f.sh",
-        &format!("echo \"$CE_ID\" >> {}; if [ \"$CE_ID\" = quiet ]; then exit 0; fi; printf 'r-%s' \"$CE_ID\"", log.display()),
+        &format!(
+            "echo \"$CE_ID\" >> {}; if [ \"$CE_ID\" = quiet ]; then exit 0; fi; printf 'r-%s' \"$CE_ID\"",
+            log.display()
+        ),
     );
     let server = Server::start_in(tmp, &[("fprocess", f.to_str().unwrap())]).await;
     let doc = r#"[{"specversion":"1.0","id":"a","source":"/s","type":"t","data":"1"},
@@ -265,11 +268,7 @@ async fn batch_invokes_each_event_in_order_and_replies_with_a_batch() {
 async fn batch_stops_at_the_first_failing_event() {
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("order.log");
-    let f = script(
-        tmp.path(),
-        "f.sh",
-        &format!("echo \"$CE_ID\" >> {}; [ \"$CE_ID\" != bad ]", log.display()),
-    );
+    let f = script(tmp.path(), "f.sh", &format!("echo \"$CE_ID\" >> {}; [ \"$CE_ID\" != bad ]", log.display()));
     let server = Server::start_in(tmp, &[("fprocess", f.to_str().unwrap())]).await;
     let doc = r#"[{"specversion":"1.0","id":"ok","source":"/s","type":"t"},
                  {"specversion":"1.0","id":"bad","source":"/s","type":"t"},

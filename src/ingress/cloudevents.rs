@@ -125,7 +125,9 @@ async fn read_whole(ingress: &Ingress, req: Request<Incoming>) -> Result<(::http
     let collected = if config.read_timeout.is_zero() {
         collect.await
     } else {
-        tokio::time::timeout(config.read_timeout, collect).await.map_err(|_| InvokeError::ReadTimeout(config.read_timeout))?
+        tokio::time::timeout(config.read_timeout, collect)
+            .await
+            .map_err(|_| InvokeError::ReadTimeout(config.read_timeout))?
     };
     match collected {
         Ok(collected) => Ok((parts, collected.to_bytes())),
@@ -143,17 +145,16 @@ fn event_envelope(
     data_len: usize,
 ) -> Result<Envelope, InvokeError> {
     let mut envelope = envelope::from_http(parts, data_len as i64, ingress.backend.timeout())?;
-    envelope.headers.retain(|h| {
-        !h.name.eq_ignore_ascii_case("content-type") && !h.name.eq_ignore_ascii_case("content-length")
-    });
+    envelope
+        .headers
+        .retain(|h| !h.name.eq_ignore_ascii_case("content-type") && !h.name.eq_ignore_ascii_case("content-length"));
     if let Some(ct) = event.attributes.get("datacontenttype") {
         let value = cloudevent::attribute_text(ct);
         envelope.headers.push(envelope::Header { name: "content-type".into(), value: value.into_bytes().into() });
     }
-    envelope.headers.push(envelope::Header {
-        name: "content-length".into(),
-        value: data_len.to_string().into_bytes().into(),
-    });
+    envelope
+        .headers
+        .push(envelope::Header { name: "content-length".into(), value: data_len.to_string().into_bytes().into() });
     envelope.content_length = data_len as i64;
     Ok(envelope)
 }
