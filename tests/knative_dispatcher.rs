@@ -32,6 +32,8 @@ impl Event {
                 ("source".into(), "/knative/test-producer".into()),
                 ("type".into(), ty.into()),
                 ("datacontenttype".into(), "text/plain".into()),
+                // What Knative's broker ingress adds to every event.
+                ("knativearrivaltime".into(), "2024-05-01T12:00:00.123456789Z".into()),
             ],
             data: data.as_bytes().to_vec(),
         }
@@ -50,6 +52,8 @@ impl Event {
         self
     }
 }
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// Percent-encodes a header value the way Knative's Go SDK does for the HTTP binding (space, `"`, `%` and
 /// everything outside printable ASCII).
@@ -70,7 +74,10 @@ fn decode(value: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit()
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit()
         {
             out.push(u8::from_str_radix(&value[i + 1..i + 3], 16).unwrap());
             i += 3;
@@ -138,7 +145,7 @@ impl Dispatcher {
                 .client
                 .post(&self.subscriber)
                 .header("prefer", "reply")
-                .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .header("traceparent", TRACEPARENT)
                 .header("kn-namespace", "default")
                 .body(event.data.clone());
             for (name, value) in &event.attrs {
@@ -192,7 +199,11 @@ fn parse_reply(headers: &HeaderMap, body: Vec<u8>) -> Option<Event> {
         }
     }
     if !attrs.iter().any(|(n, _)| n.as_str() == "id") {
-        assert!(body.is_empty(), "a 2xx without a reply event must have no body, got {:?}", String::from_utf8_lossy(&body));
+        assert!(
+            body.is_empty(),
+            "a 2xx without a reply event must have no body, got {:?}",
+            String::from_utf8_lossy(&body)
+        );
         return None;
     }
     let event = Event { attrs, data: body };
@@ -248,9 +259,11 @@ fn count(lines: &[String], line: &str) -> usize {
 }
 
 /// A classic function that fails its first attempt for each event id (state file keyed by `CE_ID`), then
-/// succeeds, echoing the id. `runs.log` gets `fail <id>` or `ok <id>` per run.
+/// succeeds, echoing the id. `runs.log` gets `fail <id>` or `ok <id>` per run; `seen.log` what a successful
+/// run saw of Knative's extension and tracing header.
 fn flaky_first_attempt(dir: &Path) -> (PathBuf, PathBuf) {
     let log = dir.join("runs.log");
+    let seen = dir.join("seen.log");
     let state = dir.join("state");
     std::fs::create_dir(&state).unwrap();
     let f = script(
@@ -265,9 +278,11 @@ if [ ! -e "$seen" ]; then
   exit 1
 fi
 echo "ok $CE_ID" >> {log}
+echo "$CE_ID $CE_KNATIVEARRIVALTIME $Http_Traceparent" >> {seen}
 printf 'shipped %s' "$CE_ID""#,
             state = state.display(),
-            log = log.display()
+            log = log.display(),
+            seen = seen.display()
         ),
     );
     (f, log)
@@ -293,6 +308,10 @@ async fn each_event_is_delivered_once_despite_a_failed_first_attempt_and_its_rep
         assert_eq!(count(&runs, &format!("ok {id}")), 1, "{id} must succeed exactly once: {runs:?}");
     }
     assert_eq!(runs.len(), 2 * ids.len(), "{runs:?}");
+    let seen = lines(&log.with_file_name("seen.log"));
+    for id in &ids {
+        assert_eq!(count(&seen, &format!("{id} 2024-05-01T12:00:00.123456789Z {TRACEPARENT}")), 1, "{seen:?}");
+    }
 
     // Every reply went back through the broker; the trigger on the request type does not catch it.
     assert_eq!(run.unmatched.len(), ids.len());
@@ -512,10 +531,12 @@ async fn http_mode_retryable_errors_are_retried_and_permanent_ones_are_not() {
         ],
     )
     .await;
-    let broker =
-        Broker { dispatcher: Dispatcher::new(binary.url("/"), 3), trigger_type: "com.example.order".into() };
+    let broker = Broker { dispatcher: Dispatcher::new(binary.url("/"), 3), trigger_type: "com.example.order".into() };
     let run = broker
-        .run(vec![Event::new("p-1", "com.example.order", "parcel 1"), Event::new("p-2", "com.example.order", "parcel 2")])
+        .run(vec![
+            Event::new("p-1", "com.example.order", "parcel 1"),
+            Event::new("p-2", "com.example.order", "parcel 2"),
+        ])
         .await;
     for id in ["p-1", "p-2"] {
         assert_eq!(run.deliveries[id].codes(), [503, 200], "{id}");

@@ -168,12 +168,12 @@ def test_structured_attributes_reach_the_function_decoded(watchdog, script):
 
 def test_reply_attributes_with_spaces_and_non_ascii_survive(watchdog, script):
     f = script('printf "%s" "$CE_SUBJECT"')
-    wd = watchdog(f, ce_reply_source="/a b/café", ce_reply_type="com.example.réponse prête")
+    wd = watchdog(f, ce_reply_source='/a b/café "100%"', ce_reply_type="com.example.réponse prête")
     reply = send(wd, to_binary(text_event("ignored", subject=SUBJECT), JSON))
     assert reply.status == 200, reply
     assert_ascii_headers(reply)
     got = parse(reply)
-    assert got.get_source() == "/a b/café"
+    assert got.get_source() == '/a b/café "100%"'
     assert got.get_type() == "com.example.réponse prête"
     assert got.get_data() == SUBJECT
 
@@ -333,6 +333,8 @@ def handle(request):
         )
     if action == "attrs":
         return json.dumps(attrs, sort_keys=True)
+    if action == "json":
+        return watchdog_sdk.Response(200, {"content-type": "application/json"}, json.dumps({"echo": attrs["id"]}))
     if action == "none":
         return None
     if action == "permanent":
@@ -363,14 +365,14 @@ def action(name: str, data: str = "payload", cls=CloudEvent, **attrs):
 @pytest.mark.parametrize("mode", ["binary", "structured"])
 def test_http_mode_handler_reply_event(http_mode, mode):
     convert = to_binary if mode == "binary" else to_structured
-    sent = action("own", "shout", subject=SUBJECT)
+    sent = action("own", "shout", subject=f'{SUBJECT} "100%"')
     reply = send(http_mode, convert(sent, JSON))
     assert reply.status == 200, reply
     assert_ascii_headers(reply)
     got = parse(reply)
     assert got.get_type() == "com.example.answered"
     assert got.get_source() == "/handler/ré ponse"
-    assert got.get_subject() == SUBJECT
+    assert got.get_subject() == f'{SUBJECT} "100%"'
     assert got.get_specversion() == "1.0"
     assert got.get_id() and got.get_id() != sent.get_id()
     assert data_bytes(got) == b"SHOUT"
@@ -402,6 +404,18 @@ def test_http_mode_handler_sees_attributes_and_bytes_become_a_default_reply(http
     assert seen["subject"] == SUBJECT
     assert seen["myext"] == "x y"
     assert seen["time"] == message.headers["ce-time"] == "2024-05-01T12:00:00-05:00"
+
+
+def test_http_mode_handler_content_type_is_the_default_reply_datacontenttype(http_mode):
+    # A Response (not a CloudEvent) becomes the data of a default reply; the handler chose its Content-Type,
+    # as it does for plain HTTP, so the reply's datacontenttype is that, not the mode's octet-stream default.
+    sent = action("json")
+    reply = send(http_mode, to_binary(sent, JSON))
+    assert reply.status == 200, reply
+    got = parse(reply)
+    assert got.get_type() == "com.example.json.reply"
+    assert got.get_datacontenttype() == "application/json"
+    assert got.get_data() == {"echo": sent.get_id()}
 
 
 def test_http_mode_outcomes(http_mode):
