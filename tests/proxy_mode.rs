@@ -176,3 +176,38 @@ async fn buffer_http_sends_a_content_length() {
     assert!(resp.text().await.unwrap().starts_with("chunked "));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cloudevents_are_validated_then_proxied_unchanged() {
+    let server = start(&[], "0").await;
+    wait_ready(&server).await;
+    let event = |id: &'static str| {
+        client()
+            .post(server.url("/events"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/s")
+            .header("ce-type", "t")
+            .header("content-type", "text/plain")
+            .body("data")
+    };
+    let resp = event("1").send().await.unwrap();
+    // The upstream's own answer, status and all: no reply event is made up for it.
+    assert_eq!(resp.status(), 201);
+    assert!(resp.headers().get("ce-id").is_none());
+    assert!(resp.text().await.unwrap().starts_with("data host="));
+    assert_eq!(event("").send().await.unwrap().status(), 400);
+
+    let doc = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"x": 1}}"#;
+    let resp = client()
+        .post(server.url("/"))
+        .header("content-type", "application/cloudevents+json")
+        .body(doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["content-type"], "application/cloudevents+json");
+    assert!(resp.text().await.unwrap().starts_with(doc), "the structured document is forwarded as sent");
+    server.stop().await;
+}

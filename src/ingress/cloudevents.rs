@@ -8,10 +8,9 @@ use futures_util::{stream, StreamExt};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use super::Ingress;
-use crate::backend::{Backend, BodyLimits, Invocation, ReplyEvent};
+use crate::backend::{Backend, Invocation, ReplyEvent};
 use crate::body::{self, BoxError, RequestBody, ResponseBody};
 use crate::cloudevent::{self, BindingError, CloudEvent, Mode, Parsed};
 use crate::envelope::{self, Envelope, Kind};
@@ -79,6 +78,9 @@ async fn binary(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Re
     }
     let envelope = envelope::from_http(&parts, content_length, ingress.backend.timeout()).map_err(InvokeError::from)?;
     let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    if let Backend::Proxy(_) = ingress.backend {
+        return proxy_unchanged(ingress, envelope, body, parts).await;
+    }
     let reply = deliver(ingress, envelope, event, body, parts).await?;
     Ok(reply.map(binary_response).unwrap_or_else(accepted))
 }
@@ -86,6 +88,11 @@ async fn binary(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Re
 async fn structured(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<ResponseBody>, DeliveryError> {
     let (parts, whole) = read_whole(ingress, req).await?;
     let Parsed { event, data } = cloudevent::from_structured(&whole)?;
+    if let Backend::Proxy(_) = ingress.backend {
+        let envelope =
+            envelope::from_http(&parts, whole.len() as i64, ingress.backend.timeout()).map_err(InvokeError::from)?;
+        return proxy_unchanged(ingress, envelope, body::request_from(whole), parts).await;
+    }
     let envelope = event_envelope(ingress, &parts, &event, data.len())?;
     let reply = deliver(ingress, envelope, event, body::request_from(data), parts).await?;
     Ok(reply.map(binary_response).unwrap_or_else(accepted))
@@ -94,6 +101,11 @@ async fn structured(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
 async fn batch(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<ResponseBody>, DeliveryError> {
     let (parts, whole) = read_whole(ingress, req).await?;
     let events = cloudevent::from_batch(&whole)?;
+    if let Backend::Proxy(_) = ingress.backend {
+        let envelope =
+            envelope::from_http(&parts, whole.len() as i64, ingress.backend.timeout()).map_err(InvokeError::from)?;
+        return proxy_unchanged(ingress, envelope, body::request_from(whole), parts).await;
+    }
     let mut replies = Vec::new();
     for Parsed { event, data } in events {
         let envelope = event_envelope(ingress, &parts, &event, data.len())?;
@@ -111,6 +123,18 @@ async fn batch(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Res
         .header(header::CONTENT_TYPE, "application/cloudevents-batch+json")
         .body(body::full(cloudevent::to_batch_json(&replies)))
         .expect("valid response"))
+}
+
+/// With `upstream_url` the function's own server speaks CloudEvents: a valid event goes to it unchanged and its
+/// answer comes back unchanged.
+async fn proxy_unchanged(
+    ingress: &Ingress,
+    envelope: Envelope,
+    body: RequestBody,
+    head: ::http::request::Parts,
+) -> Result<Response<ResponseBody>, DeliveryError> {
+    let invocation = Invocation { envelope, body, limits: ingress.body_limits(), head, timeout: None };
+    Ok(ingress.backend.invoke(invocation).await?)
 }
 
 /// Reads a structured or batched body whole, within `max_body_bytes` (32 MiB when unlimited) and `read_timeout`.
@@ -168,13 +192,8 @@ pub async fn deliver(
     body: RequestBody,
     head: ::http::request::Parts,
 ) -> Result<Option<Reply>, DeliveryError> {
-    let config = &ingress.config;
     let envelope = envelope.into_kind(Kind::Cloudevent(event.clone()));
-    let limits = BodyLimits {
-        max_bytes: config.max_body_bytes,
-        read_deadline: (!config.read_timeout.is_zero()).then(|| Instant::now() + config.read_timeout),
-        read_timeout: config.read_timeout,
-    };
+    let limits = ingress.body_limits();
     let invocation = Invocation { envelope, body, limits, head, timeout: None };
     let response = ingress.backend.invoke(invocation).await?;
     reply_from(ingress, &event, response).await

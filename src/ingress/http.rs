@@ -3,10 +3,9 @@
 use ::http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
-use tokio::time::Instant;
 
 use super::Ingress;
-use crate::backend::{BodyLimits, Invocation};
+use crate::backend::Invocation;
 use crate::body::ResponseBody;
 use crate::config::Mode;
 use crate::envelope;
@@ -35,11 +34,7 @@ pub async fn invoke(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
             );
         }
     }
-    let limits = BodyLimits {
-        max_bytes: config.max_body_bytes,
-        read_deadline: (!config.read_timeout.is_zero()).then(|| Instant::now() + config.read_timeout),
-        read_timeout: config.read_timeout,
-    };
+    let limits = ingress.body_limits();
     let body = body.map_err(|e| Box::new(e) as crate::body::BoxError).boxed_unsync();
     ingress.backend.invoke(Invocation { envelope, body, limits, head: parts, timeout: None }).await
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use ::http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BodyLimits};
 use crate::body::{ResponseBody, TrackedBody};
 use crate::config::{CloudEventsMode, Config};
 use crate::error::InvokeError;
@@ -36,6 +36,16 @@ impl Ingress {
     pub fn new(config: Arc<Config>, lifecycle: Arc<Lifecycle>, backend: Backend, metrics: Arc<Metrics>) -> Ingress {
         let limiter = ConcurrencyLimiter::new(config.max_inflight);
         Ingress { config, lifecycle, backend, metrics, limiter }
+    }
+
+    /// The limits on reading a request body, starting now.
+    pub fn body_limits(&self) -> BodyLimits {
+        let config = &self.config;
+        BodyLimits {
+            max_bytes: config.max_body_bytes,
+            read_deadline: (!config.read_timeout.is_zero()).then(|| tokio::time::Instant::now() + config.read_timeout),
+            read_timeout: config.read_timeout,
+        }
     }
 
     /// Answers one request; never fails (every failure is a response).
