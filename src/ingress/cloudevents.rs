@@ -244,12 +244,13 @@ fn fill_defaults(ingress: &Ingress, request: &CloudEvent, content_type: Option<H
     if event.attributes.contains_key("datacontenttype") {
         return;
     }
-    // A fork function's Content-Type is the watchdog's guess; an http-mode function's is its own choice.
-    let function_chosen = !matches!(ingress.backend, Backend::Fork(_));
-    let chosen = config.content_type.clone().or_else(|| {
-        let from_function = content_type.filter(|_| function_chosen).and_then(|v| v.to_str().ok().map(String::from));
-        from_function.or_else(|| request.attributes.get("datacontenttype").map(cloudevent::attribute_text))
-    });
+    // A fork function's Content-Type is the watchdog's guess (`content_type`); an http-mode function's is its
+    // own choice. Either way the request's datacontenttype is the fallback.
+    let requested = || request.attributes.get("datacontenttype").map(cloudevent::attribute_text);
+    let chosen = match ingress.backend {
+        Backend::Fork(_) => config.content_type.clone().or_else(requested),
+        _ => content_type.and_then(|v| v.to_str().ok().map(String::from)).or_else(requested),
+    };
     if let Some(ct) = chosen {
         event.attributes.insert("datacontenttype".into(), cloudevent::string_value(ct));
     }
