@@ -48,7 +48,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, ForkBackend, FramedBackend, ProxyBackend};
+use crate::backend::{Backend, ForkBackend, FramedBackend, ProxyBackend, StaticBackend};
 use crate::config::{format_go_duration, Config, Mode};
 use crate::ingress::conn::CappedReads;
 use crate::ingress::Ingress;
@@ -73,9 +73,6 @@ const MAX_HEADERS: usize = 256;
 /// Errors that stop the watchdog.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The mode is recognised but not available in this build.
-    #[error("mode={0} is not available yet in this build")]
-    UnsupportedMode(&'static str),
     /// The metrics listener could not be bound.
     #[error("cannot listen on metrics_port {port}: {source}")]
     MetricsListener {
@@ -136,7 +133,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         Mode::Http => Backend::Proxy(Arc::new(
             ProxyBackend::start(&config, Arc::clone(&children), Arc::clone(&metrics)).map_err(Error::Upstream)?,
         )),
-        Mode::Static => return Err(Error::UnsupportedMode(config.mode.as_str())),
+        Mode::Static => Backend::Static(Arc::new(StaticBackend::new(config.static_path.clone()))),
     };
     let ingress =
         Arc::new(Ingress::new(Arc::clone(&config), Arc::clone(&lifecycle), backend.clone(), Arc::clone(&metrics)));
@@ -167,7 +164,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     // The lock file says "ready": written at once for fork modes, once the first worker is ready in http mode.
     let lock_error = |source| Error::LockFile { path: config.lock_path().display().to_string(), source };
     let _lock_writer = match &backend {
-        Backend::Fork(_) => {
+        Backend::Fork(_) | Backend::Static(_) => {
             if let Err(source) = lifecycle.start() {
                 stop_accepting.cancel();
                 return Err(lock_error(source));

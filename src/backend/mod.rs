@@ -1,5 +1,6 @@
 //! Backends: what runs the function once a request is an [`Envelope`](crate::envelope::Envelope).
-//! Today the fork backend (classic, streaming, serializing); the framed http-mode backend plugs in beside it.
+//! The fork backend (classic, streaming, serializing), the framed http-mode backend, the reverse proxy
+//! (`upstream_url`) and static files.
 
 pub mod cgi;
 pub mod fork;
@@ -9,6 +10,7 @@ pub mod process;
 pub mod proxy;
 pub mod sniff;
 pub mod spill;
+pub mod static_files;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use crate::error::InvokeError;
 pub use fork::ForkBackend;
 pub use framed::FramedBackend;
 pub use proxy::ProxyBackend;
+pub use static_files::StaticBackend;
 
 /// Limits on reading a request body.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +65,8 @@ pub enum Backend {
     Framed(Arc<FramedBackend>),
     /// The function's own HTTP server behind a reverse proxy (`upstream_url`).
     Proxy(Arc<ProxyBackend>),
+    /// Files from `static_path` (`mode=static`).
+    Static(Arc<StaticBackend>),
 }
 
 impl Backend {
@@ -71,13 +76,14 @@ impl Backend {
             Backend::Fork(fork) => fork.invoke(invocation).await,
             Backend::Framed(framed) => framed.invoke(invocation).await,
             Backend::Proxy(proxy) => proxy.invoke(invocation).await,
+            Backend::Static(files) => files.invoke(invocation).await,
         }
     }
 
     /// `Ok` when requests can be served now, else why not (for `/_/ready`).
     pub fn readiness(&self) -> Result<(), String> {
         match self {
-            Backend::Fork(_) => Ok(()),
+            Backend::Fork(_) | Backend::Static(_) => Ok(()),
             Backend::Framed(framed) => framed.readiness(),
             Backend::Proxy(proxy) => proxy.readiness(),
         }
@@ -86,7 +92,7 @@ impl Backend {
     /// Resolves once the backend can serve its first request.
     pub async fn first_ready(&self) {
         match self {
-            Backend::Fork(_) => {}
+            Backend::Fork(_) | Backend::Static(_) => {}
             Backend::Framed(framed) => framed.first_ready().await,
             Backend::Proxy(proxy) => proxy.first_ready().await,
         }
@@ -95,7 +101,7 @@ impl Backend {
     /// Stops long-lived processes, after the drain.
     pub async fn shutdown(&self) {
         match self {
-            Backend::Fork(_) => {}
+            Backend::Fork(_) | Backend::Static(_) => {}
             Backend::Framed(framed) => framed.shutdown().await,
             Backend::Proxy(proxy) => proxy.shutdown().await,
         }
@@ -107,6 +113,7 @@ impl Backend {
             Backend::Fork(fork) => fork.timeout(),
             Backend::Framed(framed) => framed.timeout(),
             Backend::Proxy(proxy) => proxy.timeout(),
+            Backend::Static(files) => files.timeout(),
         }
     }
 }

@@ -65,9 +65,12 @@ impl Ingress {
         // Held until the response body ends, or dropped with this future if the client goes away first.
         let in_flight = InFlight::enter(&self.metrics);
 
-        let event_mode = match self.config.cloudevents {
-            CloudEventsMode::Auto => crate::cloudevent::detect(req.method(), req.headers()),
-            CloudEventsMode::Off => Ok(None),
+        // Static files are not a function: there is nobody to deliver an event to.
+        let event_mode = match (self.config.cloudevents, &self.backend) {
+            (CloudEventsMode::Auto, backend) if !matches!(backend, Backend::Static(_)) => {
+                crate::cloudevent::detect(req.method(), req.headers())
+            }
+            _ => Ok(None),
         };
         let protocol = if matches!(event_mode, Ok(None)) { "http" } else { "cloudevent" };
         let slot = self.limiter.acquire();
