@@ -3,8 +3,10 @@
 // request streams with per-stream flow control in both directions.
 const net = require('node:net');
 const { Frame, ErrorKind, Long } = require('./proto');
-const { WatchdogRequest, toWireResponse } = require('./types');
+const { WatchdogRequest, planResponse, toAsyncIterator, chunkBytes, statusTrailers, errorKindForCode, startsEarly } = require('./types');
 const { errorKind } = require('./errors');
+const { isGrpcStatus } = require('./grpc');
+const { BodyQueue } = require('./body');
 
 const PROTOCOL = 'watchdog.v1';
 const KiB = 1024;
@@ -30,6 +32,21 @@ const KIND_BY_NAME = {
 };
 
 class ProtocolError extends Error {}
+
+/** Lets a streamed body's generator run its finally blocks when its stream is gone. */
+function closeIterator(it) {
+  if (!it || typeof it.return !== 'function') return;
+  Promise.resolve()
+    .then(() => it.return())
+    .catch(() => {});
+}
+
+/** A result dropped unsent (its stream was cancelled): close it if it is a generator or stream. */
+function closeQuietly(result) {
+  if (result === null || typeof result !== 'object' || Buffer.isBuffer(result)) return;
+  const body = typeof result.next === 'function' ? result : result.body;
+  if (body && typeof body === 'object' && typeof body.return === 'function') closeIterator(body);
+}
 
 function toNumber(v) {
   if (typeof v === 'number') return v;
@@ -65,6 +82,8 @@ class Stream {
     this.done = false;
     this.controller = new AbortController();
     this._wake = null;
+    /** Set when the handler started at RequestHead and reads the body as it arrives. */
+    this.bodyQueue = null;
   }
 
   /** Resolves on the next WindowUpdate, Cancel or connection end. */
@@ -301,6 +320,14 @@ class Connection {
       return;
     }
     this.streams.set(id, st);
+    if (startsEarly(st.envelope)) {
+      // A client-streaming call: the handler runs now and reads the messages as they arrive.
+      st.bodyQueue = new BodyQueue((n) => this._consumed(st, n));
+      const request = new WatchdogRequest(st.envelope, st.bodyQueue, st.controller.signal, id);
+      st.envelope = null;
+      st.chunks = null;
+      this._start(st, request);
+    }
   }
 
   _onRequestData(id, data) {
@@ -313,6 +340,12 @@ class Connection {
     }
     if (n === 0) return;
     st.recvWindow -= n;
+    if (st.bodyQueue) {
+      // Credit for these bytes goes back as the handler reads them (_consumed).
+      st.received += n;
+      st.bodyQueue.push(data);
+      return;
+    }
     st.chunks.push(data);
     st.received += n;
     // The body is handed to the application as it arrives (it is assembled for the handler), so credit goes
@@ -326,20 +359,41 @@ class Connection {
     }
   }
 
+  /** The handler read n bytes of a body it reads as it arrives: return credit once half the window is read. */
+  _consumed(st, n) {
+    if (st.done || st.bodyDone || this.closed) return;
+    st.unacked += n;
+    if (st.unacked >= this.window / 2) {
+      const inc = st.unacked;
+      st.unacked = 0;
+      st.recvWindow += inc;
+      this._send(st.id, { windowUpdate: { increment: inc } });
+    }
+  }
+
   _onRequestEnd(id) {
     const st = this.streams.get(id);
     if (!st || st.bodyDone) return;
     st.bodyDone = true;
+    if (st.bodyQueue) {
+      st.bodyQueue.end();
+      return;
+    }
     const body = st.chunks.length === 1 ? st.chunks[0] : Buffer.concat(st.chunks, st.received);
     const request = new WatchdogRequest(st.envelope, body, st.controller.signal, id);
     st.envelope = null;
     st.chunks = null;
+    this._start(st, request);
+  }
+
+  _start(st, request) {
     // Called after the frames already read have been handled (pings included), sync or async alike.
     Promise.resolve()
       .then(() => this.handler(request))
       .then(
         (result) => this._respond(st, request, result),
-        (err) => this._fail(st, request, err),
+        // A GrpcStatus thrown is a status answered, the same as one returned.
+        (err) => (isGrpcStatus(err) ? this._respond(st, request, err) : this._fail(st, request, err)),
       )
       .catch((err) => this._fail(st, request, err));
   }
@@ -347,8 +401,10 @@ class Connection {
   _onCancel(id, reason) {
     const st = this.streams.get(id);
     if (!st) return;
+    const why = abortReason(reason);
+    if (st.bodyQueue) st.bodyQueue.fail(why); // before _finishStream, so the reader learns the real cause
     this._finishStream(st);
-    st.controller.abort(abortReason(reason));
+    st.controller.abort(why);
   }
 
   _onWindowUpdate(id, increment) {
@@ -361,20 +417,52 @@ class Connection {
   // ---- responding -------------------------------------------------------------------------------------
 
   async _respond(st, request, result) {
-    if (st.done) return;
-    const wire = toWireResponse(result, request); // a TypeError here becomes an internal error
-    let head;
-    try {
-      head = this._encode(st.id, { responseHead: wire.head });
-    } catch (err) {
-      if (!(err instanceof RangeError)) throw err;
-      throw new Error(`the response head is larger than max_frame_bytes (${this.maxFrame})`);
+    if (st.done || this.closed) {
+      closeQuietly(result);
+      return;
     }
-    this._enqueue(head);
-    const body = wire.body;
+    const plan = planResponse(result, request); // a TypeError here becomes an internal error
+    let iterator = null;
+    let step = null;
+    if (plan.items) {
+      iterator = toAsyncIterator(plan.items);
+      // The first chunk is awaited before ResponseHead goes, so that a generator failing at once (validation
+      // before its first yield) still gets a plain error or a trailers-only status, not a broken stream.
+      try {
+        step = await iterator.next();
+      } catch (err) {
+        if (isGrpcStatus(err)) return this._respond(st, request, err);
+        return this._fail(st, request, err);
+      }
+      if (st.done || this.closed) {
+        closeIterator(iterator);
+        return;
+      }
+    }
+    this._enqueue(this._encodeOrExplain(st.id, { responseHead: plan.head }, 'the response head'));
+    if (plan.body && !(await this._sendBody(st, plan.body))) return;
+    if (iterator) {
+      try {
+        while (!step.done) {
+          if (!(await this._sendBody(st, chunkBytes(step.value, plan.frame)))) {
+            closeIterator(iterator);
+            return;
+          }
+          step = await iterator.next();
+        }
+      } catch (err) {
+        closeIterator(iterator);
+        return this._failStreaming(st, request, err, plan);
+      }
+    }
+    this._end(st, plan.trailers);
+  }
+
+  /** Sends `body` as Data frames within the stream's credit; false when the stream or connection ended first. */
+  async _sendBody(st, body) {
     let off = 0;
     while (off < body.length) {
-      if (st.done || this.closed) return;
+      if (st.done || this.closed) return false;
       if (st.sendWindow <= 0) {
         await st.waitCredit();
         continue;
@@ -388,21 +476,40 @@ class Connection {
       st.sendWindow -= n;
       off += n;
     }
+    return !(st.done || this.closed);
+  }
+
+  _end(st, trailers) {
     if (st.done || this.closed) return;
-    let end;
-    try {
-      end = this._encode(st.id, { end: { trailers: wire.trailers } });
-    } catch (err) {
-      if (!(err instanceof RangeError)) throw err;
-      throw new Error(`the trailers are larger than max_frame_bytes (${this.maxFrame})`);
-    }
-    this._enqueue(end);
+    this._enqueue(this._encodeOrExplain(st.id, { end: { trailers } }, 'the trailers'));
     this._finishStream(st);
   }
 
-  _fail(st, request, err) {
+  /** A frame that must fit; if it does not, an error the handler's author can act on (→ internal error). */
+  _encodeOrExplain(streamId, fields, what) {
+    try {
+      return this._encode(streamId, fields);
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      throw new Error(`${what} is larger than max_frame_bytes (${this.maxFrame})`);
+    }
+  }
+
+  /** A streamed response failed after its ResponseHead went out. */
+  _failStreaming(st, request, err, plan) {
     if (st.done || this.closed) return;
-    const kind = errorKind(err);
+    if (isGrpcStatus(err)) {
+      // gRPC: the status ends the stream in the trailers, after the messages already sent.
+      if (request.kind === 'grpc') return this._end(st, statusTrailers(err, plan.trailers));
+      if (err.code === 0) return this._end(st, plan.trailers);
+      return this._fail(st, request, err, errorKindForCode(err.code));
+    }
+    return this._fail(st, request, err);
+  }
+
+  _fail(st, request, err, kindOverride) {
+    if (st.done || this.closed) return;
+    const kind = kindOverride || errorKind(err);
     let message;
     try {
       message = err instanceof Error ? String(err.message) : String(err);
@@ -428,6 +535,8 @@ class Connection {
     st.done = true;
     this.streams.delete(st.id);
     st.wake();
+    // A reader still waiting for request body (left running by the handler) must not wait forever.
+    if (st.bodyQueue && !st.bodyQueue.ended) st.bodyQueue.fail(new DOMException('the response has already ended', 'AbortError'));
     this._maybeFinish();
   }
 
@@ -506,7 +615,9 @@ class Connection {
     for (const st of streams) {
       st.done = true;
       st.wake();
-      st.controller.abort(abortReason(reason || 'connection closed'));
+      const why = abortReason(reason || 'connection closed');
+      st.controller.abort(why);
+      if (st.bodyQueue) st.bodyQueue.fail(why);
     }
     const dp = this.drainPromise;
     this.drainPromise = null;

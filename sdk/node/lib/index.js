@@ -3,6 +3,7 @@
 const { Connection } = require('./connection');
 const { Response, CloudEvent, WatchdogRequest, RequestHeaders } = require('./types');
 const { PermanentError, RetryableError } = require('./errors');
+const { GrpcStatus, StatusCode, grpcFrame, splitGrpcMessages, GrpcMessageDecoder } = require('./grpc');
 const { version } = require('../package.json');
 
 const SDK_NAME = 'watchdog-sdk-node';
@@ -12,7 +13,10 @@ const SDK_NAME = 'watchdog-sdk-node';
  * open requests are answered) or closes the connection; then the process exits with code 0.
  *
  * handler(request) may be sync or async; it returns a Response, a CloudEvent, a Buffer/Uint8Array/string
- * (200), or nothing (202), or throws PermanentError (400) / RetryableError (503) / anything else (500).
+ * (200), or nothing (202; for gRPC an OK call), or throws PermanentError (400) / RetryableError (503) /
+ * anything else (500). It may also stream: return an (async) iterable of chunks, or a Response whose body is
+ * one, or be an async generator function; each chunk goes out as it is produced. For gRPC it may return or
+ * throw a GrpcStatus. A client-streaming gRPC call starts the handler at once; it reads request.messages().
  *
  * options.concurrency: requests handled at once, sent to the watchdog in Hello (0, the default, = no limit).
  * options.init: optional (async) function run after the handshake and before Ready; if it throws, the watchdog
@@ -48,6 +52,11 @@ module.exports = {
   CloudEvent,
   PermanentError,
   RetryableError,
+  GrpcStatus,
+  StatusCode,
+  grpcFrame,
+  splitGrpcMessages,
+  GrpcMessageDecoder,
   WatchdogRequest,
   RequestHeaders,
   SDK_NAME,

@@ -3,6 +3,16 @@
 // and to the watchdog.v1 messages.
 const { randomUUID } = require('node:crypto');
 const { Long } = require('./proto');
+const { BodyQueue } = require('./body');
+const {
+  isGrpcStatus,
+  httpStatusForCode,
+  grpcFrame,
+  splitGrpcMessages,
+  GrpcMessageDecoder,
+  isPassthrough,
+  INVOKE_STREAM,
+} = require('./grpc');
 
 const EMPTY = Buffer.alloc(0);
 
@@ -25,8 +35,12 @@ function toBuffer(body, what) {
 
 function describe(v) {
   if (v === null) return 'null';
-  if (typeof v === 'object') return v.constructor && v.constructor.name ? `a ${v.constructor.name}` : 'an object';
-  return `a ${typeof v}`;
+  const article = (word) => `${/^[aeiou]/i.test(word) ? 'an' : 'a'} ${word}`;
+  if (typeof v === 'object') {
+    const name = v.constructor && v.constructor.name;
+    return !name || name === 'Object' ? 'a plain object' : article(name);
+  }
+  return article(typeof v);
 }
 
 /**
@@ -113,11 +127,52 @@ function eventAttributes(ce) {
   return attributes;
 }
 
-/** What a handler receives: one request, whichever ingress (HTTP, gRPC, CloudEvent) it came through. */
+// Internal request state under symbols, so Object.keys/JSON.stringify of a request show only its fields.
+const WHOLE = Symbol('watchdog-sdk.wholeBody');
+const SOURCE = Symbol('watchdog-sdk.bodySource');
+const READING = Symbol('watchdog-sdk.bodyReading');
+
+/** Whether the SDK starts the handler at RequestHead, before the body has arrived (client-streaming gRPC). */
+function startsEarly(envelope) {
+  const g = envelope && envelope.grpc;
+  return Boolean(g && (g.clientStreaming || g.method === INVOKE_STREAM));
+}
+
+function transportView(t) {
+  if (!t) return null;
+  const rawPath = t.path && t.path.length ? Buffer.from(t.path) : Buffer.from('/');
+  return Object.freeze({
+    method: t.method || '',
+    path: rawPath.toString('utf8'),
+    rawPath,
+    query: t.query || '',
+    host: t.host || '',
+    version: t.version || '',
+  });
+}
+
+/**
+ * What a handler receives: one request, whichever ingress (HTTP, gRPC, CloudEvent) it came through.
+ *
+ * `body` is the whole body once it has arrived, which is when the handler is called, except for a
+ * client-streaming gRPC call (`grpc.clientStreaming`, or `/watchdog.v1.Function/InvokeStream`): that handler
+ * starts as soon as the call does, and reads the body as it arrives with `messages()`, `stream()` or `await
+ * bytes()`.
+ */
 class WatchdogRequest {
+  /**
+   * @param {object} envelope the decoded watchdog.v1.Envelope
+   * @param {Buffer|BodyQueue} body the whole body, or the queue it arrives through
+   * @param {AbortSignal} signal
+   * @param {number} streamId
+   */
   constructor(envelope, body, signal, streamId) {
     const env = envelope || {};
     const { headers, raw } = buildHeaders(env.headers);
+    const streaming = body instanceof BodyQueue;
+    this[WHOLE] = streaming ? null : body;
+    this[SOURCE] = streaming ? body : null;
+    this[READING] = false;
     /** "http" | "grpc" | "cloudevent" */
     this.kind = 'http';
     this.method = '';
@@ -128,12 +183,22 @@ class WatchdogRequest {
     this.query = '';
     this.host = '';
     this.headers = headers;
+    /** gRPC metadata: the same object as `headers` (lower-case names; get/has ignore case). */
+    this.metadata = headers;
     /** [name, Buffer value] pairs in arrival order, repeats kept. */
     this.rawHeaders = raw;
-    /** The whole request body (for a CloudEvent, its data). */
-    this.body = body;
+    if (streaming) {
+      Object.defineProperty(this, 'body', { enumerable: true, configurable: true, get: () => this._wholeBody('body') });
+    } else {
+      /** The whole request body (for a CloudEvent, its data). */
+      this.body = body;
+    }
     this.grpcMethod = null;
+    /** { method, clientStreaming, serverStreaming } for a gRPC call, else null. */
+    this.grpc = null;
     this.event = null;
+    /** The HTTP request that carried a gRPC call or CloudEvent ({ method, path, rawPath, query, host, version }), else null. */
+    this.transport = transportView(env.transport);
     this.requestId = env.requestId || '';
     this.deadline = env.deadline ? new Date(toNumber(env.deadline.seconds) * 1000 + ((env.deadline.nanos | 0) / 1e6)) : null;
     this.trace = {
@@ -150,18 +215,26 @@ class WatchdogRequest {
       this.kind = 'grpc';
       this.method = 'POST';
       this.grpcMethod = env.grpc.method || '';
+      this.grpc = Object.freeze({
+        method: this.grpcMethod,
+        clientStreaming: Boolean(env.grpc.clientStreaming),
+        serverStreaming: Boolean(env.grpc.serverStreaming),
+      });
       this.path = this.grpcMethod;
       this.rawPath = Buffer.from(this.path, 'utf8');
+      if (this.transport) this.host = this.transport.host;
     } else if (env.cloudevent) {
       const ce = env.cloudevent;
       this.kind = 'cloudevent';
       this.method = 'POST';
       this.path = '/';
       this.rawPath = Buffer.from('/');
+      if (this.transport) this.host = this.transport.host;
       if (body.length === 0) {
         // The data travels as the body (proto/README.md); accept it inside the message too.
         if (ce.data === 'binaryData') this.body = Buffer.from(ce.binaryData);
         else if (ce.data === 'textData') this.body = Buffer.from(ce.textData, 'utf8');
+        this[WHOLE] = this.body;
       }
       this.event = Object.freeze({ attributes: eventAttributes(ce), data: this.body });
     } else {
@@ -172,6 +245,98 @@ class WatchdogRequest {
       this.query = http.query || '';
       this.host = http.host || '';
     }
+  }
+
+  /**
+   * The gRPC request messages, as Buffers. A client-streaming passthrough call's body is split on gRPC's 5-byte
+   * framing (a truncated or malformed frame throws PermanentError → INVALID_ARGUMENT; a compressed message throws
+   * GrpcStatus UNIMPLEMENTED); otherwise the body is one message (for InvokeStream, the chunks joined). For a
+   * client-streaming call this needs the whole body: call it after `await request.bytes()`, or use messages().
+   */
+  grpcMessages() {
+    this._requireGrpc('grpcMessages()');
+    const body = this._wholeBody('grpcMessages()');
+    return this._framedRequest() ? splitGrpcMessages(body) : [body];
+  }
+
+  /**
+   * The gRPC request messages as they arrive (an async iterator of Buffers): for a client-streaming passthrough
+   * call each message as soon as it is complete, for InvokeStream each chunk, otherwise the one message. Errors
+   * as grpcMessages(); rejects with the AbortError if the call is cancelled. Reads the body once.
+   */
+  messages() {
+    this._requireGrpc('messages()');
+    if (this.grpcMethod === INVOKE_STREAM) return this.stream();
+    if (!this._framedRequest()) {
+      const self = this;
+      return (async function* one() {
+        yield await self.bytes();
+      })();
+    }
+    const chunks = this.stream();
+    return (async function* split() {
+      const decoder = new GrpcMessageDecoder();
+      for await (const chunk of chunks) {
+        for (const message of decoder.push(chunk)) yield message;
+      }
+      decoder.finish();
+    })();
+  }
+
+  /**
+   * The body as it arrives: an async iterator of Buffer chunks (one chunk, or none, when the body is already
+   * whole). Credit for more is returned to the watchdog as you read, so a slow reader slows its caller down.
+   * Rejects with the AbortError if the request is cancelled. The body can be read this way once.
+   */
+  stream() {
+    const whole = this[WHOLE];
+    if (whole !== null) {
+      return (async function* wholeBody() {
+        if (whole.length) yield whole;
+      })();
+    }
+    if (this[READING]) throw new TypeError('the request body is already being read: stream(), messages() and bytes() read it once');
+    this[READING] = true;
+    const source = this[SOURCE];
+    return (async function* arriving() {
+      for (;;) {
+        const chunk = await source.next();
+        if (chunk === null) return;
+        yield chunk;
+      }
+    })();
+  }
+
+  /** The whole body, once it has all arrived (a Promise of a Buffer); `body` then holds it too. */
+  async bytes() {
+    if (this[WHOLE] !== null) return this[WHOLE];
+    const chunks = [];
+    let n = 0;
+    for await (const chunk of this.stream()) {
+      chunks.push(chunk);
+      n += chunk.length;
+    }
+    this[WHOLE] = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, n);
+    return this[WHOLE];
+  }
+
+  _wholeBody(what) {
+    if (this[WHOLE] !== null) return this[WHOLE];
+    // Never "whatever has arrived so far": that would work for small bodies in tests and fail for large ones.
+    if (this[READING]) {
+      throw new TypeError(`${what}: the body of this call is being read with stream()/messages(); it is not kept`);
+    }
+    throw new TypeError(
+      `${what}: the body of this client-streaming call is still arriving; use \`for await (const m of request.messages())\` or \`await request.bytes()\` first`,
+    );
+  }
+
+  _requireGrpc(what) {
+    if (this.kind !== 'grpc') throw new TypeError(`${what} is for gRPC calls; this request is ${this.kind}`);
+  }
+
+  _framedRequest() {
+    return this.grpc.clientStreaming && isPassthrough(this.grpcMethod);
   }
 }
 
@@ -209,8 +374,10 @@ function toHeaderList(headers, what = 'header') {
 
 /**
  * A handler's answer: `new Response(status, headers, body)` or `new Response({ status, headers, body, trailers })`.
- * status defaults to 200, headers to none, body to empty (Buffer, Uint8Array or string). trailers (gRPC) go
- * into the End frame.
+ * status defaults to 200, headers (gRPC: initial metadata) to none, body to empty (Buffer, Uint8Array or
+ * string), or an async or sync iterable of such chunks, each sent as soon as it is produced (for a
+ * server-streaming gRPC passthrough call each chunk is one message, which the SDK frames). trailers (gRPC:
+ * trailing metadata) go into the End frame.
  */
 class Response {
   constructor(status, headers, body, trailers) {
@@ -278,33 +445,116 @@ function buildReply(event, request) {
   return reply;
 }
 
+/** Whether `v` is a body to stream: an async or sync iterable that is not itself bytes or a string. */
+function isChunkIterable(v) {
+  if (v === null || typeof v !== 'object') return false;
+  if (v instanceof Uint8Array || v instanceof ArrayBuffer) return false;
+  return typeof v[Symbol.asyncIterator] === 'function' || typeof v[Symbol.iterator] === 'function';
+}
+
+/** A streamed body's items as one async iterator; a sync iterable's items may be promises (awaited, as for await). */
+function toAsyncIterator(items) {
+  if (typeof items[Symbol.asyncIterator] === 'function') return items[Symbol.asyncIterator]();
+  const it = items[Symbol.iterator]();
+  return {
+    async next() {
+      const step = it.next();
+      return step.done ? step : { done: false, value: await step.value };
+    },
+    async return() {
+      return typeof it.return === 'function' ? it.return() : { done: true, value: undefined };
+    },
+  };
+}
+
+const MAX_STATUS_MESSAGE = 16 * 1024;
+
+/** A grpc-message value: one line (headers carry no CR, LF or NUL), at most 16 KiB. */
+function statusMessage(message) {
+  let m = String(message || '').replace(/[\r\n\0]+/g, ' ');
+  const b = Buffer.from(m, 'utf8');
+  if (b.length > MAX_STATUS_MESSAGE) m = b.subarray(0, MAX_STATUS_MESSAGE).toString('utf8').replace(/\uFFFD+$/, '') + '…';
+  return m;
+}
+
+const STATUS_TRAILERS = new Set(['grpc-status', 'grpc-message']);
+
+/** `base` trailers (a list) with a GrpcStatus's: grpc-status, grpc-message (when not empty), its own trailers. */
+function statusTrailers(status, base = []) {
+  const own = [{ name: 'grpc-status', value: Buffer.from(String(status.code)) }];
+  const message = statusMessage(status.message);
+  if (message) own.push({ name: 'grpc-message', value: Buffer.from(message, 'utf8') });
+  const rest = [...base, ...toHeaderList(status.trailers, 'trailer')].filter((h) => !STATUS_TRAILERS.has(h.name.toLowerCase()));
+  return [...own, ...rest];
+}
+
+/** Error kind for a GrpcStatus that must end a non-gRPC response already under way (an Error frame). */
+function errorKindForCode(code) {
+  if ([3, 5, 6, 7, 9, 11, 12, 16].includes(code)) return 'permanent';
+  if ([4, 8, 10, 14].includes(code)) return 'retryable';
+  return 'internal';
+}
+
 /**
- * A handler's return value → { head, body, trailers } for the wire. Throws TypeError for an unsupported value.
+ * A handler's return value → what to send: { head, body, items, frame, trailers }. `body` is a Buffer (already
+ * in gRPC framing when `frame`), `items` an iterable whose chunks are sent as they come (each one framed as a
+ * gRPC message when `frame`: a server-streaming passthrough call). Throws TypeError for an unsupported value.
  */
-function toWireResponse(result, request) {
+function planResponse(result, request) {
+  const grpc = request && request.kind === 'grpc';
+  // A server-streaming passthrough call answers in gRPC's framing; Invoke/InvokeStream and unary calls in raw bytes.
+  const frame = Boolean(grpc && request.grpc.serverStreaming && isPassthrough(request.grpcMethod));
+  const message = (bytes, omitted) => {
+    if (!frame) return bytes;
+    return omitted ? EMPTY : grpcFrame(bytes);
+  };
   if (result === undefined || result === null) {
-    return { head: { status: 202 }, body: EMPTY, trailers: [] };
+    // For gRPC, 202 would map to UNKNOWN by the HTTP-to-gRPC table: no answer is an OK call with an empty
+    // message (or no message, when streaming).
+    return { head: { status: grpc ? 200 : 202 }, body: EMPTY, items: null, frame, trailers: [] };
   }
-  if (result instanceof Response) {
+  if (isGrpcStatus(result)) {
+    if (grpc) return { head: { status: 200 }, body: EMPTY, items: null, frame, trailers: statusTrailers(result) };
     return {
-      head: { status: result.status, headers: toHeaderList(result.headers) },
-      body: toBuffer(result.body, 'Response body'),
+      head: { status: httpStatusForCode(result.code), headers: [{ name: 'content-type', value: Buffer.from('text/plain; charset=utf-8') }] },
+      body: Buffer.from(result.message || '', 'utf8'),
+      items: null,
+      frame: false,
       trailers: toHeaderList(result.trailers, 'trailer'),
     };
+  }
+  if (result instanceof Response) {
+    const head = { status: result.status, headers: toHeaderList(result.headers) };
+    const trailers = toHeaderList(result.trailers, 'trailer');
+    if (isChunkIterable(result.body)) return { head, body: null, items: result.body, frame, trailers };
+    // An omitted body (the shared EMPTY) is no message at all on a server stream; an explicit empty one is one.
+    return { head, body: message(toBuffer(result.body, 'Response body'), result.body === EMPTY), items: null, frame, trailers };
   }
   if (result instanceof CloudEvent) {
     return {
       head: { status: 200, reply: buildReply(result, request) },
       body: toBuffer(result.data, 'CloudEvent data'),
+      items: null,
+      frame: false,
       trailers: [],
     };
   }
   if (typeof result === 'string' || result instanceof Uint8Array || result instanceof ArrayBuffer) {
-    return { head: { status: 200 }, body: toBuffer(result, 'the returned body'), trailers: [] };
+    return { head: { status: 200 }, body: message(toBuffer(result, 'the returned body'), false), items: null, frame, trailers: [] };
+  }
+  if (isChunkIterable(result)) {
+    return { head: { status: 200 }, body: null, items: result, frame, trailers: [] };
   }
   throw new TypeError(
-    `the handler returned ${describe(result)}: return a Response, a CloudEvent, a Buffer, a string, or nothing`,
+    `the handler returned ${describe(result)}: return a Response, a CloudEvent, a Buffer, a string, or nothing ` +
+      '(or an iterable of chunks, or a GrpcStatus)',
   );
+}
+
+/** One streamed item → the bytes to send. */
+function chunkBytes(value, frame) {
+  const b = toBuffer(value, 'a streamed chunk');
+  return frame ? grpcFrame(b) : b;
 }
 
 module.exports = {
@@ -312,7 +562,12 @@ module.exports = {
   RequestHeaders,
   Response,
   CloudEvent,
-  toWireResponse,
+  planResponse,
+  toAsyncIterator,
+  chunkBytes,
+  statusTrailers,
+  errorKindForCode,
+  startsEarly,
   rfc3339,
   attributeString,
 };

@@ -61,6 +61,45 @@ function httpEnvelope({ method = 'POST', path: p = '/', query = '', host = 'loca
   return env;
 }
 
+/** A gRPC call's envelope (.proto field names): metadata as [name, value] pairs, the HTTP/2 request as transport. */
+function grpcEnvelope(method, { clientStreaming = false, serverStreaming = false, headers = [], requestId = 'grpc-1', transport = true } = {}) {
+  const env = {
+    request_id: requestId,
+    headers: [['content-type', 'application/grpc'], ['te', 'trailers'], ...headers].map(([name, value]) => ({ name, value: Buffer.from(value) })),
+    content_length: -1,
+    grpc: { method, client_streaming: clientStreaming, server_streaming: serverStreaming },
+  };
+  if (transport) env.transport = { method: 'POST', path: Buffer.from(method), query: '', host: 'fn.example:8080', version: 'HTTP/2.0' };
+  return env;
+}
+
+/** gRPC's 5-byte framing, written independently of the SDK's helper. */
+function frameMessages(...messages) {
+  return Buffer.concat(
+    messages.map((m) => {
+      const b = Buffer.from(m);
+      const p = Buffer.alloc(5);
+      p.writeUInt32BE(b.length, 1);
+      return Buffer.concat([p, b]);
+    }),
+  );
+}
+
+/** Splits a framed response body, failing the test on anything malformed. */
+function unframeMessages(body) {
+  const out = [];
+  let off = 0;
+  while (off < body.length) {
+    if (body.length - off < 5) throw new Error(`a truncated prefix at byte ${off}`);
+    if (body[off] !== 0) throw new Error(`flag ${body[off]} at byte ${off}`);
+    const n = body.readUInt32BE(off + 1);
+    if (body.length - off - 5 < n) throw new Error(`a truncated message at byte ${off}`);
+    out.push(body.subarray(off + 5, off + 5 + n));
+    off += 5 + n;
+  }
+  return out;
+}
+
 class StreamState {
   constructor(id, window) {
     this.id = id;
@@ -97,6 +136,21 @@ class StreamState {
 
   changed() {
     return new Promise((r) => this.waiters.push(r));
+  }
+
+  /** Resolves once `predicate(this)` holds (checked after every frame on this stream). */
+  async until(predicate, ms = 10000, what = 'a condition') {
+    const deadline = Date.now() + ms;
+    while (!predicate(this)) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${what} on stream ${this.id}`);
+      await Promise.race([this.changed(), sleep(Math.min(left, 50))]);
+    }
+    return this;
+  }
+
+  get dataFrames() {
+    return this.frames.filter((f) => f.kind === 'data');
   }
 }
 
@@ -397,4 +451,18 @@ function headerMap(list) {
   return m;
 }
 
-module.exports = { FakeWatchdog, ErrorKind, Frame, Long, httpEnvelope, headerMap, sleep, withTimeout, encodeFrame, num };
+module.exports = {
+  FakeWatchdog,
+  ErrorKind,
+  Frame,
+  Long,
+  httpEnvelope,
+  grpcEnvelope,
+  frameMessages,
+  unframeMessages,
+  headerMap,
+  sleep,
+  withTimeout,
+  encodeFrame,
+  num,
+};
