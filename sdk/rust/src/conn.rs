@@ -32,6 +32,7 @@ use crate::codec::{
     encode_data_head, encode_frame, CodecError, FrameCodec, DEFAULT_INITIAL_WINDOW_BYTES, DEFAULT_MAX_CHUNK_BYTES,
     DEFAULT_MAX_FRAME_BYTES, HANDSHAKE_MAX_FRAME_BYTES,
 };
+use crate::grpc::{put_prefix, status_trailers, Code, ResponseMode};
 use crate::proto::io::cloudevents::v1 as ce;
 use crate::proto::watchdog::v1::{
     frame::Kind, Data, End, Error as ErrorFrame, ErrorKind, Frame, Header, Hello, InitError, Pong, Ready, RequestHead,
@@ -642,9 +643,11 @@ impl<H: Handler> Session<H> {
             pending: 0,
             finished: false,
             done: self.done_tx.clone(),
+            mode: ResponseMode::default(),
         };
         let handler = self.handler.clone();
         let envelope = head.envelope.unwrap_or_default();
+        responder.mode = ResponseMode::of(&envelope);
         let task = tokio::spawn(async move {
             let result = handler.call(Request::new(envelope, body)).await;
             responder.respond(result).await;
@@ -667,12 +670,16 @@ struct Responder {
     pending: usize,
     finished: bool,
     done: Option<mpsc::UnboundedSender<u64>>,
+    // gRPC call or not, framed messages or not.
+    mode: ResponseMode,
 }
 
 impl Responder {
     async fn respond(&mut self, result: Result<Reply, HandlerError>) {
         let outcome = match result {
             Ok(reply) => self.reply(reply).await,
+            // A status is an answer, not a failure: the same as returning it as a reply.
+            Err(HandlerError::Status(status)) => self.reply(Reply::GrpcStatus(*status)).await,
             Err(e) => Err(e),
         };
         if let Err(e) = outcome {
@@ -680,6 +687,8 @@ impl Responder {
                 HandlerError::Permanent(m) => (ErrorKind::Permanent, m),
                 HandlerError::Retryable(m) => (ErrorKind::Retryable, m),
                 HandlerError::Internal(m) => (ErrorKind::Internal, m),
+                // Only after the head went out on a request that is not a gRPC call: the nearest Error kind.
+                HandlerError::Status(s) => (error_kind(s.code), s.message),
             };
             push_error(&mut self.buf, self.state.id, kind, message, self.conn.max_frame);
         }
@@ -688,8 +697,13 @@ impl Responder {
     }
 
     async fn reply(&mut self, reply: Reply) -> Result<(), HandlerError> {
-        let (head, body, trailers) = match reply {
-            Reply::Accepted => (ResponseHead { status: 202, ..Default::default() }, ResponseBody::empty(), Vec::new()),
+        let grpc = self.mode.grpc;
+        let (head, body, mut trailers) = match reply {
+            Reply::Accepted => {
+                // gRPC reads any status but 200 as an error (202 would be UNKNOWN).
+                let status = if grpc { 200 } else { 202 };
+                (ResponseHead { status, ..Default::default() }, ResponseBody::empty(), Vec::new())
+            }
             Reply::Response(r) => (
                 ResponseHead { status: u32::from(r.status), headers: to_headers(&r.headers), ..Default::default() },
                 r.body,
@@ -700,10 +714,27 @@ impl Responder {
                 ev.data,
                 Vec::new(),
             ),
+            Reply::GrpcStatus(s) if grpc => (
+                ResponseHead { status: 200, ..Default::default() },
+                // No message at all, even for a unary call: the status is the answer.
+                ResponseBody::empty(),
+                status_trailers(&s, self.max_status_message()),
+            ),
+            Reply::GrpcStatus(s) => {
+                let headers = vec![Header { name: "content-type".into(), value: Bytes::from_static(b"text/plain") }];
+                (
+                    ResponseHead { status: u32::from(s.code.http_status()), headers, ..Default::default() },
+                    ResponseBody::Full(s.message.into()),
+                    to_headers(&s.trailers),
+                )
+            }
         };
         self.push(Kind::ResponseHead(head))
             .map_err(|e| HandlerError::Internal(format!("the response head cannot be sent: {e}")))?;
+        let framed = self.mode.framed;
         match body {
+            // An empty body of a server-streaming call is no message (Accepted); any other body is one message.
+            ResponseBody::Full(bytes) if framed && !bytes.is_empty() => self.send_message(bytes).await?,
             ResponseBody::Full(bytes) => self.send_data(bytes).await?,
             ResponseBody::Stream(mut stream) => loop {
                 // Hand what is buffered to the writer only when the stream is about to wait.
@@ -716,13 +747,38 @@ impl Responder {
                 };
                 match item {
                     None => break,
+                    Some(Ok(bytes)) if framed => self.send_message(bytes).await?,
                     Some(Ok(bytes)) => self.send_data(bytes).await?,
+                    // A status ends a gRPC call normally, after the messages already sent.
+                    Some(Err(HandlerError::Status(s))) if grpc => {
+                        trailers.extend(status_trailers(&s, self.max_status_message()));
+                        break;
+                    }
                     Some(Err(e)) => return Err(e),
                 }
             },
         }
         self.push(Kind::End(End { trailers }))
             .map_err(|e| HandlerError::Internal(format!("the response trailers cannot be sent: {e}")))
+    }
+
+    fn max_status_message(&self) -> usize {
+        MAX_ERROR_MESSAGE_BYTES.min(self.conn.max_frame / 2)
+    }
+
+    /// Sends one response message in gRPC's framing.
+    async fn send_message(&mut self, message: Bytes) -> Result<(), HandlerError> {
+        let mut prefix = BytesMut::with_capacity(5 + message.len().min(ZERO_COPY_CHUNK));
+        put_prefix(&mut prefix, message.len());
+        if message.len() < ZERO_COPY_CHUNK {
+            // Small: one Data frame for prefix and message.
+            prefix.extend_from_slice(&message);
+            self.send_data(prefix.freeze()).await
+        } else {
+            // Large: the prefix in a frame of its own, so the message is not copied.
+            self.send_data(prefix.freeze()).await?;
+            self.send_data(message).await
+        }
     }
 
     async fn send_data(&mut self, mut data: Bytes) -> Result<(), HandlerError> {
@@ -800,13 +856,22 @@ impl Drop for Responder {
     }
 }
 
+/// The Error kind nearest to a gRPC code (the watchdog maps kinds back to INVALID_ARGUMENT, UNAVAILABLE, INTERNAL).
+fn error_kind(code: Code) -> ErrorKind {
+    match code {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => ErrorKind::Permanent,
+        Code::Unavailable => ErrorKind::Retryable,
+        _ => ErrorKind::Internal,
+    }
+}
+
 fn push_error(buf: &mut BytesMut, stream_id: u64, kind: ErrorKind, mut message: String, max_frame: usize) {
     truncate(&mut message, MAX_ERROR_MESSAGE_BYTES.min(max_frame / 2));
     let frame = Frame { stream_id, kind: Some(Kind::Error(ErrorFrame { kind: kind as i32, message })) };
     let _ = encode_frame(&frame, buf, max_frame);
 }
 
-fn truncate(s: &mut String, max: usize) {
+pub(crate) fn truncate(s: &mut String, max: usize) {
     if s.len() > max {
         let mut end = max;
         while !s.is_char_boundary(end) {

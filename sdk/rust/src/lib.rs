@@ -29,6 +29,12 @@
 //! INVALID_ARGUMENT), [`HandlerError::Retryable`] → 503 (UNAVAILABLE), [`HandlerError::Internal`] (or any error
 //! propagated with `?`, or a panic) → 500 (INTERNAL), with the message only.
 //!
+//! gRPC calls: [`Request::grpc`] (method and streaming flags), [`Request::metadata`], [`Request::grpc_messages`]
+//! / [`Request::grpc_message_stream`] (request messages, split from gRPC's framing for a client-streaming call),
+//! [`Reply::stream`] (response messages as produced, framed by the SDK for a server-streaming call) and
+//! [`GrpcStatus`] (a status with [`Code`] and message, sent as `grpc-status`/`grpc-message` trailers): see
+//! [`grpc`].
+//!
 //! Handlers are async and must not block their thread: run CPU-heavy or blocking work with
 //! `tokio::task::spawn_blocking`, so the connection keeps answering the watchdog's pings. A current-thread tokio
 //! runtime per worker process, scaled with the watchdog's `workers`, is the cheapest set-up.
@@ -44,6 +50,7 @@ use std::path::Path;
 
 pub mod codec;
 mod conn;
+pub mod grpc;
 mod reply;
 mod request;
 
@@ -51,6 +58,7 @@ pub use bytes::{self, Bytes};
 pub use http;
 
 pub use conn::{Worker, PROTOCOL, SDK_NAME, SDK_VERSION};
+pub use grpc::{grpc_frame, split_grpc_messages, Code, FramingError, GrpcCall, GrpcMessages, GrpcStatus};
 pub use reply::{ChunkStream, HandlerError, Reply, ReplyEvent, Response, ResponseBody};
 pub use request::{Body, CloudEvent, Kind, Request};
 
@@ -95,6 +103,9 @@ pub enum Error {
     /// The request body ended without its End frame (the request was cancelled or the connection lost).
     #[error("the request body was cut short")]
     BodyIncomplete,
+    /// The request body is not in gRPC's length-prefixed framing ([`Request::grpc_messages`]).
+    #[error("{0}")]
+    Framing(#[from] FramingError),
 }
 
 impl From<codec::CodecError> for Error {

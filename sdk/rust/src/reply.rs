@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
 
+use crate::grpc::{Code, GrpcStatus};
 use crate::request::Body;
 
 /// A handler's failure. Each variant becomes an Error frame of the same kind, carrying only the message:
@@ -15,6 +16,8 @@ use crate::request::Body;
 ///
 /// Any [`std::error::Error`] converts into `Internal` with `?` (which is why `HandlerError` itself does not
 /// implement `std::error::Error`, like `anyhow::Error`).
+///
+/// `Status` is not an Error frame: it answers a gRPC call with that status (see [`GrpcStatus`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerError {
     /// The request cannot succeed as sent: do not retry.
@@ -23,6 +26,10 @@ pub enum HandlerError {
     Retryable(String),
     /// The function failed.
     Internal(String),
+    /// A gRPC status: sent as `grpc-status`/`grpc-message` trailers (also after some messages, when it ends a
+    /// response body stream), or as its HTTP status for a request that is not a gRPC call.
+    /// Boxed: a `Result<_, HandlerError>` stays small.
+    Status(Box<GrpcStatus>),
 }
 
 impl HandlerError {
@@ -45,6 +52,7 @@ impl HandlerError {
     pub fn message(&self) -> &str {
         match self {
             HandlerError::Permanent(m) | HandlerError::Retryable(m) | HandlerError::Internal(m) => m,
+            HandlerError::Status(s) => &s.message,
         }
     }
 }
@@ -55,6 +63,7 @@ impl fmt::Display for HandlerError {
             HandlerError::Permanent(_) => "permanent",
             HandlerError::Retryable(_) => "retryable",
             HandlerError::Internal(_) => "internal",
+            HandlerError::Status(s) => return s.fmt(f),
         };
         write!(f, "{kind} error: {}", self.message())
     }
@@ -66,6 +75,13 @@ impl<E: std::error::Error> From<E> for HandlerError {
     }
 }
 
+// `GrpcStatus` does not implement `std::error::Error`, so this does not overlap the blanket conversion above.
+impl From<GrpcStatus> for HandlerError {
+    fn from(status: GrpcStatus) -> Self {
+        HandlerError::Status(Box::new(status))
+    }
+}
+
 /// A stream of response chunks.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, HandlerError>> + Send + 'static>>;
 
@@ -73,7 +89,9 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, HandlerError>> + 
 pub enum ResponseBody {
     /// The whole body.
     Full(Bytes),
-    /// Chunks, sent as the stream yields them; an `Err` item aborts the response with an Error frame.
+    /// Chunks, sent as the stream yields them; an `Err` item aborts the response with an Error frame (or, for
+    /// [`HandlerError::Status`] on a gRPC call, ends it with that status). For a server-streaming passthrough gRPC
+    /// call each item is one response message, which the SDK frames.
     Stream(ChunkStream),
 }
 
@@ -143,13 +161,13 @@ impl From<Body> for ResponseBody {
 /// A response: status, headers, body and (for gRPC) trailers.
 #[derive(Debug)]
 pub struct Response {
-    /// HTTP status (a gRPC call maps it to a gRPC code).
+    /// HTTP status (a gRPC call maps it to a gRPC code: use 200, or [`GrpcStatus`] for another outcome).
     pub status: u16,
-    /// Response headers or gRPC response metadata.
+    /// Response headers or gRPC initial metadata.
     pub headers: HeaderMap,
     /// The body.
     pub body: ResponseBody,
-    /// gRPC trailers, sent in the End frame.
+    /// gRPC trailing metadata, sent in the End frame.
     pub trailers: HeaderMap,
 }
 
@@ -165,12 +183,17 @@ pub struct ReplyEvent {
 /// A handler's answer.
 #[derive(Debug)]
 pub enum Reply {
-    /// Accepted, nothing to return: 202 with no body (no reply event for a CloudEvent).
+    /// Accepted, nothing to return: 202 with no body (no reply event for a CloudEvent). For a gRPC call: OK with
+    /// status 200 (gRPC would read 202 as UNKNOWN) and no body, i.e. one empty message, or none for a
+    /// server-streaming call.
     Accepted,
     /// A response.
     Response(Response),
     /// A reply event (for a CloudEvent request).
     CloudEvent(ReplyEvent),
+    /// A gRPC status with no response message: trailers `grpc-status`, `grpc-message` and the status's own
+    /// trailing metadata (for a request that is not a gRPC call: the code's HTTP status, the message as body).
+    GrpcStatus(GrpcStatus),
 }
 
 impl Reply {
@@ -192,6 +215,32 @@ impl Reply {
     /// A response with a status, headers and a body (bytes, a string, or a [`ResponseBody::stream`]).
     pub fn response(status: u16, headers: HeaderMap, body: impl Into<ResponseBody>) -> Self {
         Reply::Response(Response { status, headers, body: body.into(), trailers: HeaderMap::new() })
+    }
+
+    /// 200 with a body streamed as `stream` yields it: each item goes out as soon as it is produced (within the
+    /// stream's flow-control credit). For a server-streaming passthrough gRPC call each item is one response
+    /// message (the SDK frames it); for `InvokeStream` each item becomes a `Chunk`.
+    pub fn stream<S, B>(stream: S) -> Self
+    where
+        S: Stream<Item = B> + Send + 'static,
+        B: Into<Bytes> + 'static,
+    {
+        Reply::try_stream(stream.map(Ok::<B, HandlerError>))
+    }
+
+    /// [`Reply::stream`] of fallible items: an `Err` ends the response as [`ResponseBody::Stream`] describes.
+    pub fn try_stream<S, B, E>(stream: S) -> Self
+    where
+        S: Stream<Item = Result<B, E>> + Send + 'static,
+        B: Into<Bytes>,
+        E: Into<HandlerError>,
+    {
+        Reply::response(200, HeaderMap::new(), ResponseBody::stream(stream))
+    }
+
+    /// A gRPC status: [`Reply::GrpcStatus`].
+    pub fn grpc_status(code: Code, message: impl Into<String>) -> Self {
+        Reply::GrpcStatus(GrpcStatus::new(code, message))
     }
 
     /// A reply event. `id` defaults to a fresh UUID; `specversion`, `source` and `type`, when missing, are left
@@ -236,6 +285,12 @@ impl From<&'static str> for Reply {
 impl From<()> for Reply {
     fn from(_: ()) -> Self {
         Reply::Accepted
+    }
+}
+
+impl From<GrpcStatus> for Reply {
+    fn from(status: GrpcStatus) -> Self {
+        Reply::GrpcStatus(status)
     }
 }
 

@@ -13,8 +13,9 @@ use futures_util::Stream;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::conn::{Conn, StreamState};
+use crate::grpc::{GrpcCall, GrpcMessages};
 use crate::proto::io::cloudevents::v1 as ce;
-use crate::proto::watchdog::v1::{envelope, Envelope};
+use crate::proto::watchdog::v1::{envelope, Envelope, HttpRequest};
 use crate::Error;
 
 /// Which ingress received the request.
@@ -152,7 +153,7 @@ impl fmt::Debug for Request {
             .field("method", &self.method())
             .field("path", &self.path())
             .field("query", &self.query())
-            .field("grpc_method", &self.grpc_method())
+            .field("grpc", &self.grpc())
             .field("headers", &self.headers)
             .field("event", &self.event)
             .finish_non_exhaustive()
@@ -229,12 +230,18 @@ impl Request {
         }
     }
 
-    /// The `Host` (`:authority`) of an HTTP request.
+    /// The `Host` (`:authority`) of the HTTP request (for a gRPC call or a CloudEvent, of the one that carried it).
     pub fn host(&self) -> &str {
-        match &self.envelope.kind {
-            Some(envelope::Kind::Http(h)) => &h.host,
+        match (&self.envelope.kind, &self.envelope.transport) {
+            (Some(envelope::Kind::Http(h)), _) | (_, Some(h)) => &h.host,
             _ => "",
         }
+    }
+
+    /// The HTTP request that carried a gRPC call or a CloudEvent (method, path, query, host, version), when the
+    /// watchdog reports it; `None` for a plain HTTP request, whose own fields are [`Request::method`] and the rest.
+    pub fn transport(&self) -> Option<&HttpRequest> {
+        self.envelope.transport.as_ref()
     }
 
     /// Transport headers or gRPC metadata: case-insensitive, repeated names kept in order.
@@ -248,6 +255,35 @@ impl Request {
             Some(envelope::Kind::Grpc(g)) => Some(&g.method),
             _ => None,
         }
+    }
+
+    /// The gRPC call's details (method, streaming flags, how the body is framed), for a gRPC call.
+    pub fn grpc(&self) -> Option<GrpcCall<'_>> {
+        match &self.envelope.kind {
+            Some(envelope::Kind::Grpc(g)) => Some(GrpcCall::new(g)),
+            _ => None,
+        }
+    }
+
+    /// The gRPC request metadata: the same map as [`Request::headers`] (lower-case names; `content-type`, `te`,
+    /// `grpc-timeout` and the caller's own entries, `-bin` values as received).
+    pub fn metadata(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Takes the body and reads it as gRPC request messages: for a client-streaming passthrough call, the body
+    /// split in gRPC's 5-byte framing ([`Error::Framing`] when it ends inside a message); otherwise the whole
+    /// body as one message (a unary call's request, or `Invoke`'s body).
+    pub async fn grpc_messages(&mut self) -> Result<Vec<Bytes>, Error> {
+        self.grpc_message_stream().collect().await
+    }
+
+    /// Takes the body as a stream of gRPC request messages, each yielded as soon as it has arrived in full: a
+    /// client-streaming handler can answer before the client has finished sending. Framing as
+    /// [`Request::grpc_messages`].
+    pub fn grpc_message_stream(&mut self) -> GrpcMessages {
+        let framed = self.grpc().is_some_and(|g| g.request_framed());
+        GrpcMessages::new(self.take_body(), framed)
     }
 
     /// The event's attributes, for a CloudEvent (its data is the body).
