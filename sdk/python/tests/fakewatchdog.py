@@ -79,12 +79,42 @@ def http_envelope(
     return env
 
 
-def grpc_envelope(method: str, metadata: Iterable[tuple[str, str]] = (), request_id: str = "req-g") -> envelope_pb2.Envelope:
+def grpc_envelope(
+    method: str,
+    metadata: Iterable[tuple[str, str]] = (),
+    request_id: str = "req-g",
+    client_streaming: bool = False,
+    server_streaming: bool = False,
+    host: str = "",
+) -> envelope_pb2.Envelope:
     env = envelope_pb2.Envelope(request_id=request_id, content_length=-1)
     env.grpc.method = method
+    env.grpc.client_streaming = client_streaming
+    env.grpc.server_streaming = server_streaming
     for name, value in metadata:
         env.headers.add(name=name, value=value.encode())
+    if host:
+        env.transport.method = "POST"
+        env.transport.path = method.encode()
+        env.transport.host = host
+        env.transport.version = "HTTP/2.0"
     return env
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """gRPC's length-prefixed framing, written independently of the SDK's."""
+    return b"\x00" + LEN.pack(len(message)) + message
+
+
+def grpc_deframe(body: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(body):
+        assert body[pos] == 0, f"compressed flag {body[pos]} at {pos}"
+        (n,) = LEN.unpack_from(body, pos + 1)
+        assert pos + 5 + n <= len(body), f"truncated message at {pos}"
+        out.append(body[pos + 5 : pos + 5 + n])
+        pos += 5 + n
+    return out
 
 
 def ce_envelope(

@@ -11,17 +11,33 @@ See sdk/python/README.md for the whole API.
 """
 
 from ._server import serve
-from ._types import CloudEvent, Event, Headers, PermanentError, Request, Response, RetryableError
+from ._types import (
+    CloudEvent,
+    Event,
+    GrpcFramingError,
+    GrpcStatus,
+    Headers,
+    PermanentError,
+    Request,
+    Response,
+    RetryableError,
+    StatusCode,
+    grpc_frame,
+)
 from ._version import __version__
 
 __all__ = [
     "CloudEvent",
     "Event",
+    "GrpcFramingError",
+    "GrpcStatus",
     "Headers",
     "PermanentError",
     "Request",
     "Response",
     "RetryableError",
+    "StatusCode",
     "__version__",
+    "grpc_frame",
     "serve",
 ]

@@ -4,6 +4,11 @@ One asyncio loop owns the socket. It parses frames as they arrive, answers Ping 
 bodies (returning credit as it goes), starts handlers (sync ones on a pool of daemon threads, async ones as
 tasks on the loop) and sends their responses in Data frames that respect each stream's window. Frames made
 ready in one loop iteration leave in one write.
+
+Client-streaming gRPC calls are the exception to "start after End": their handler starts at RequestHead and
+takes the body through a _RequestBody, which returns credit only as the handler consumes it. Streamed response
+bodies (generators, async generators, iterables) are sent item by item: async ones from the loop, plain ones
+from a pool thread that hands each item to the loop and waits until the window lets it out.
 """
 
 from __future__ import annotations
@@ -21,20 +26,26 @@ import struct
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Optional
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from typing import Any, Callable, Optional, Union
 
 from ._pb.io.cloudevents.v1 import cloudevents_pb2
 from ._pb.watchdog.v1 import envelope_pb2, frame_pb2
 from ._types import (
     CloudEvent,
     Event,
+    GrpcStatus,
     Headers,
     PermanentError,
     Request,
     Response,
     RetryableError,
+    StatusCode,
     _header_pairs,
+    _is_stream_body,
+    _RequestBody,
     _to_body,
+    grpc_frame,
 )
 from ._version import __version__
 
@@ -145,8 +156,11 @@ def _event_attributes(ce: cloudevents_pb2.CloudEvent) -> dict[str, str]:
     return attrs
 
 
-def build_request(stream_id: int, env: envelope_pb2.Envelope, body: bytes) -> Request:
-    """The Request a handler sees for one RequestHead envelope and its assembled body."""
+def build_request(
+    stream_id: int, env: envelope_pb2.Envelope, body: bytes, body_source: Optional[_RequestBody] = None
+) -> Request:
+    """The Request a handler sees for one RequestHead envelope and its assembled body (or, for a handler that
+    starts before the body has ended, the source its chunks arrive through)."""
     headers = Headers((h.name, h.value) for h in env.headers)
     traceparent = env.trace.traceparent
     tracestate = env.trace.tracestate
@@ -169,6 +183,10 @@ def build_request(stream_id: int, env: envelope_pb2.Envelope, body: bytes) -> Re
         tracestate=tracestate,
         stream_id=stream_id,
     )
+    if env.HasField("transport"):
+        # The HTTP request that carried a gRPC call or a CloudEvent.
+        common["host"] = env.transport.host
+        common["http_version"] = env.transport.version
     kind = env.WhichOneof("kind")
     if kind == "grpc":
         method = env.grpc.method
@@ -178,6 +196,9 @@ def build_request(stream_id: int, env: envelope_pb2.Envelope, body: bytes) -> Re
             path=method,
             raw_path=method.encode("utf-8"),
             grpc_method=method,
+            grpc_client_streaming=env.grpc.client_streaming,
+            grpc_server_streaming=env.grpc.server_streaming,
+            body_source=body_source,
             **common,
         )
     if kind == "cloudevent":
@@ -237,26 +258,87 @@ def _reply_event(event: CloudEvent, default_specversion: str) -> cloudevents_pb2
     return reply
 
 
-def response_parts(
-    request: Request, result: Any
-) -> tuple[envelope_pb2.ResponseHead, bytes, list[tuple[str, bytes]]]:
-    """(ResponseHead, body, trailers) for what a handler returned; TypeError for anything unsupported."""
+class _Streamed:
+    """A response body produced piece by piece: a (sync or async) iterable of bytes/str items."""
+
+    __slots__ = ("items", "is_async", "frame")
+
+    def __init__(self, items: Any, frame: bool) -> None:
+        # Prefer async iteration when both are offered: it never blocks the loop.
+        self.is_async = isinstance(items, AsyncIterable)
+        self.items = items
+        self.frame = frame  # each item is one gRPC message to prefix (server-streaming passthrough)
+
+
+Body = Union[bytes, _Streamed]
+
+_STATUS_TRAILERS = ("grpc-status", "grpc-message")
+
+
+def _body_of(request: Request, body: Any) -> Body:
+    frame = request._frames_response()
+    if _is_stream_body(body):
+        return _Streamed(body, frame)
+    data = _to_body(body)
+    # A server-streaming passthrough call answers messages: a whole body is one message (none when empty).
+    return grpc_frame(data) if frame and data else data
+
+
+def _status_parts(
+    request: Request, status: GrpcStatus
+) -> tuple[envelope_pb2.ResponseHead, Body, list[tuple[str, bytes]]]:
+    if request.kind == "grpc":
+        head = envelope_pb2.ResponseHead(status=200, headers=_pb_headers(_header_pairs(status.headers)))
+        return head, b"", status._trailer_pairs()
+    # Not a gRPC call: the HTTP status gRPC's mapping gives the code, the message as the body.
+    pairs = _header_pairs(status.headers)
+    if status.message and not any(name.lower() == "content-type" for name, _ in pairs):
+        pairs.append(("content-type", b"text/plain; charset=utf-8"))
+    head = envelope_pb2.ResponseHead(status=status.http_status, headers=_pb_headers(pairs))
+    return head, status.message.encode("utf-8"), _header_pairs(status.trailers)
+
+
+def response_parts(request: Request, result: Any) -> tuple[envelope_pb2.ResponseHead, Body, list[tuple[str, bytes]]]:
+    """(ResponseHead, body, trailers) for what a handler returned; TypeError for anything unsupported.
+
+    The body is bytes, or a _Streamed for a generator, async generator or iterator (returned as such or as a
+    Response's body)."""
     if result is None:
         return envelope_pb2.ResponseHead(status=202), b"", []
     if isinstance(result, (bytes, bytearray, memoryview, str)):
-        return envelope_pb2.ResponseHead(status=200), _to_body(result), []
+        return envelope_pb2.ResponseHead(status=200), _body_of(request, result), []
     if isinstance(result, Response):
         head = envelope_pb2.ResponseHead(status=result.status, headers=_pb_headers(_header_pairs(result.headers)))
-        return head, _to_body(result.body), _header_pairs(result.trailers)
+        return head, _body_of(request, result.body), _header_pairs(result.trailers)
+    if isinstance(result, GrpcStatus):
+        return _status_parts(request, result)
     if isinstance(result, CloudEvent):
         default_specversion = request.event.specversion if request.event is not None else "1.0"
         head = envelope_pb2.ResponseHead(status=200)
         head.reply.CopyFrom(_reply_event(result, default_specversion))
         return head, _to_body(result.data), []
+    if isinstance(result, (Iterator, AsyncIterator)):
+        # A generator handler, or one that returned a generator or iterator: a 200 streamed as produced.
+        return envelope_pb2.ResponseHead(status=200), _Streamed(result, request._frames_response()), []
     raise TypeError(
-        f"the handler returned a {type(result).__name__}; expected watchdog_sdk.Response, "
-        "watchdog_sdk.CloudEvent, bytes, str or None"
+        f"the handler returned a {type(result).__name__}; expected watchdog_sdk.Response, watchdog_sdk.GrpcStatus, "
+        "watchdog_sdk.CloudEvent, bytes, str, None or a generator of bytes"
     )
+
+
+def _item_bytes(item: Any, frame: bool) -> bytes:
+    if not isinstance(item, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"the response stream produced a {type(item).__name__}; expected bytes or str")
+    data = _to_body(item)
+    return grpc_frame(data) if frame else data
+
+
+def _error_kind_for_status(code: int) -> int:
+    if code == StatusCode.INVALID_ARGUMENT:
+        return PERMANENT
+    if code == StatusCode.UNAVAILABLE:
+        return RETRYABLE
+    return INTERNAL
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -320,6 +402,7 @@ class _Stream:
         "cancelled",
         "task",
         "request",
+        "body_source",
     )
 
     def __init__(self, stream_id: int, envelope: envelope_pb2.Envelope, window: int) -> None:
@@ -334,6 +417,8 @@ class _Stream:
         self.cancelled = False
         self.task: Optional[asyncio.Task] = None
         self.request: Optional[Request] = None
+        # Set when the handler started before the body ended (client-streaming gRPC): chunks go there.
+        self.body_source: Optional[_RequestBody] = None
 
     def wake(self) -> None:
         waiter = self.window_waiter
@@ -471,6 +556,8 @@ class Connection(asyncio.Protocol):
         for st in list(self.streams.values()):
             st.finished = True
             st.wake()
+            if st.body_source is not None:
+                st.body_source.fail("the watchdog closed the connection")
         # The watchdog went away (or we closed): nothing can be answered any more.
         self._stop(0)
 
@@ -515,6 +602,9 @@ class Connection(asyncio.Protocol):
     def _finish(self, st: _Stream) -> None:
         st.finished = True
         st.wake()
+        if st.body_source is not None:
+            # Anything still reading the body (a thread the handler left behind) must not wait forever.
+            st.body_source.fail("the response already ended")
         if self.streams.get(st.id) is st:
             del self.streams[st.id]
         self._maybe_exit()
@@ -569,14 +659,27 @@ class Connection(asyncio.Protocol):
             )
             return
         self.streams[sid] = st
+        if envelope.WhichOneof("kind") == "grpc" and envelope.grpc.client_streaming:
+            # A client-streaming call may go on for long: its handler starts now and reads the messages as
+            # they come (request.stream()), instead of after End.
+            st.body_source = _RequestBody(self.loop, lambda n: self._credit(st, n))  # type: ignore[arg-type]
+            self._start(st, b"")
 
     def _on_data(self, st: _Stream, data: bytes) -> None:
         if st.body_done or not data:
             return
+        if st.body_source is not None:
+            st.body_source.feed(data)  # credit goes back as the handler takes it
+            return
         st.chunks.append(data)
-        st.unacked += len(data)
-        # The body is handed to the application as it arrives (it is assembled for `request.body`), so credit
-        # goes back once half the window has been consumed.
+        # The body is handed to the application as it arrives (it is assembled for `request.body`).
+        self._credit(st, len(data))
+
+    def _credit(self, st: _Stream, n: int) -> None:
+        """`n` body bytes reached the application: credit goes back once half the window has been consumed."""
+        if st.finished:
+            return
+        st.unacked += n
         if st.unacked >= max(1, self.limits.initial_window_bytes // 2):
             self._send(
                 frame_pb2.Frame(stream_id=st.id, window_update=frame_pb2.WindowUpdate(increment=st.unacked))
@@ -587,10 +690,16 @@ class Connection(asyncio.Protocol):
         if st.body_done:
             return
         st.body_done = True
+        if st.body_source is not None:
+            st.body_source.end()
+            return
         body = b"".join(st.chunks)
         st.chunks = []
+        self._start(st, body)
+
+    def _start(self, st: _Stream, body: bytes) -> None:
         try:
-            request = build_request(st.id, st.envelope, body)
+            request = build_request(st.id, st.envelope, body, st.body_source)
         except Exception as exc:  # a malformed envelope must still get an answer
             _log(f"stream {st.id}: cannot read the request: {exc!r}")
             self._send_error(st, INTERNAL, f"cannot read the request: {_error_text(exc)}")
@@ -604,6 +713,8 @@ class Connection(asyncio.Protocol):
         st.cancelled = True
         if st.request is not None:
             st.request._cancelled.set()
+        if st.body_source is not None:
+            st.body_source.fail("the request was cancelled")
         task = st.task
         self._finish(st)  # nothing more is sent on it
         if task is not None and not task.done():
@@ -613,7 +724,8 @@ class Connection(asyncio.Protocol):
 
     async def _call(self, request: Request) -> Any:
         if self.is_async:
-            result = await self.handler(request)
+            # An `async def` gives a coroutine; an async generator function gives its generator (the body).
+            result = self.handler(request)
         else:
             assert self.pool is not None
             result = await asyncio.wrap_future(self.pool.submit(self.handler, request))
@@ -624,20 +736,22 @@ class Connection(asyncio.Protocol):
     async def _handle(self, st: _Stream, request: Request) -> None:
         try:
             try:
-                result = await self._call(request)
+                try:
+                    result = await self._call(request)
+                except GrpcStatus as status:
+                    result = status  # raised or returned, a status is an answer, not a failure
                 if st.finished:
                     return
                 head, body, trailers = response_parts(request, result)
+                await self._respond(st, request, head, body, trailers)
             except asyncio.CancelledError:
                 if st.cancelled or st.finished:
                     return
                 raise
             except PermanentError as exc:
                 self._send_error(st, PERMANENT, _error_text(exc))
-                return
             except RetryableError as exc:
                 self._send_error(st, RETRYABLE, _error_text(exc))
-                return
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an INTERNAL answer
                 if st.finished:
                     return
@@ -648,14 +762,17 @@ class Connection(asyncio.Protocol):
                 except Exception:  # pragma: no cover
                     pass
                 self._send_error(st, INTERNAL, _error_text(exc))
-                return
-            await self._respond(st, head, body, trailers)
         finally:
             if not st.finished and self._closed:
                 self._finish(st)
 
     async def _respond(
-        self, st: _Stream, head: envelope_pb2.ResponseHead, body: bytes, trailers: list[tuple[str, bytes]]
+        self,
+        st: _Stream,
+        request: Request,
+        head: envelope_pb2.ResponseHead,
+        body: Body,
+        trailers: list[tuple[str, bytes]],
     ) -> None:
         head_frame = frame_pb2.Frame(stream_id=st.id, response_head=head)
         payload = head_frame.SerializeToString()
@@ -668,6 +785,36 @@ class Connection(asyncio.Protocol):
             )
             return
         self._queue(payload)
+        if isinstance(body, _Streamed):
+            try:
+                await self._send_stream(st, body)
+            except GrpcStatus as status:
+                # A status raised by the body after some of it went out ends the response with that status.
+                if st.finished:
+                    return
+                if request.kind != "grpc":
+                    if status.code != StatusCode.OK:
+                        self._send_error(st, _error_kind_for_status(status.code), _error_text(status))
+                        return
+                else:
+                    trailers = [(n, v) for n, v in trailers if n.lower() not in _STATUS_TRAILERS]
+                    trailers += status._trailer_pairs()
+        elif not await self._send_data(st, body):
+            return
+        if st.finished:
+            return
+        end = frame_pb2.Frame(stream_id=st.id, end=frame_pb2.End(trailers=_pb_headers(trailers))).SerializeToString()
+        if len(end) > self.limits.max_frame_bytes:
+            self._send_error(
+                st, INTERNAL, f"the trailers are {len(end)} bytes, more than max_frame_bytes={self.limits.max_frame_bytes}"
+            )
+            return
+        self._queue(end)
+        self._finish(st)
+
+    async def _send_data(self, st: _Stream, body: bytes) -> bool:
+        """Sends `body` as Data frames within the stream's window; False once the stream is finished (cancelled,
+        connection gone). Without a window to wait for, everything is queued for the same write."""
         view = memoryview(body)
         offset = 0
         total = len(body)
@@ -675,7 +822,7 @@ class Connection(asyncio.Protocol):
         assert self._can_write is not None
         while offset < total:
             if st.finished:
-                return
+                return False
             if st.send_window <= 0:
                 # Wait for the watchdog's WindowUpdate (or a Cancel, or the connection closing).
                 assert self.loop is not None
@@ -692,10 +839,60 @@ class Connection(asyncio.Protocol):
             offset += n
             if not self._can_write.is_set():
                 await self._can_write.wait()
-        if st.finished:
+        return not st.finished
+
+    async def _send_stream(self, st: _Stream, body: _Streamed) -> None:
+        """Sends each item of a streamed body as soon as it is produced (and its window allows)."""
+        if body.is_async:
+            items = body.items.__aiter__()
+            try:
+                async for item in items:
+                    if not await self._send_data(st, _item_bytes(item, body.frame)):
+                        return
+            finally:
+                # Runs the generator's cleanup (its `finally`) when we stop early, e.g. on Cancel.
+                aclose = getattr(items, "aclose", None)
+                if aclose is not None:
+                    try:
+                        await aclose()
+                    except Exception:  # noqa: BLE001 - cleanup failures must not hide the answer
+                        pass
             return
-        self._send(frame_pb2.Frame(stream_id=st.id, end=frame_pb2.End(trailers=_pb_headers(trailers))))
-        self._finish(st)
+        if isinstance(body.items, (list, tuple)):
+            # Nothing to wait for between items: send them from the loop, in as few writes as possible.
+            for item in body.items:
+                if not await self._send_data(st, _item_bytes(item, body.frame)):
+                    return
+            return
+        # A generator may block between items (it is plain code): it runs in a thread, handing each item to
+        # the loop and waiting until it is sent, so the stream's window holds the producer back.
+        if self.pool is None:
+            # An async handler that returned a plain generator. Not asyncio's default executor: its threads are
+            # not daemons, so one generator stuck in a blocking call would keep the process from exiting.
+            self.pool = _ThreadPool(DEFAULT_SYNC_CONCURRENCY)
+        await asyncio.wrap_future(self.pool.submit(self._pump, (st, body)))
+
+    def _pump(self, arg: tuple[_Stream, _Streamed]) -> None:
+        """In a handler thread: iterates a sync body, sending each item through the loop."""
+        st, body = arg
+        loop = self.loop
+        assert loop is not None
+        iterator = iter(body.items)
+        try:
+            for item in iterator:
+                data = _item_bytes(item, body.frame)
+                if st.finished:
+                    return
+                sent = asyncio.run_coroutine_threadsafe(self._send_data(st, data), loop)
+                if not sent.result():
+                    return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001
+                    pass
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -703,10 +900,13 @@ class Connection(asyncio.Protocol):
 
 
 def _is_async(handler: Any) -> bool:
-    if inspect.iscoroutinefunction(handler):
+    def async_function(fn: Any) -> bool:
+        return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+    if async_function(handler):
         return True
     call = getattr(handler, "__call__", None)
-    return call is not None and not inspect.isfunction(handler) and inspect.iscoroutinefunction(call)
+    return call is not None and not inspect.isfunction(handler) and async_function(call)
 
 
 def _max_concurrency(is_async: bool, concurrency: Optional[int]) -> int:
@@ -818,8 +1018,9 @@ def serve(handler: Callable[[Request], Any], *, concurrency: Optional[int] = Non
     """Serves `handler` to the watchdog over `$WATCHDOG_SOCKET`, then exits the process.
 
     `handler(request)` is a plain function (run on a pool of `concurrency` threads, default 32) or an
-    `async def` (run on the asyncio loop; by default with no concurrency limit). It returns a Response, a
-    CloudEvent, bytes or str (200), or None (202), or raises PermanentError / RetryableError.
+    `async def` (run on the asyncio loop; by default with no concurrency limit), or a generator / async generator
+    function (its items are the streamed body). It returns a Response, a GrpcStatus, a CloudEvent, bytes or str
+    (200), a generator (200, streamed), or None (202), or raises PermanentError / RetryableError / GrpcStatus.
 
     Returns never: the process exits with 0 after Shutdown (once the open requests are answered), when the
     watchdog closes the socket, or on SIGTERM/SIGINT; with 1 when it cannot set up or the watchdog breaks the

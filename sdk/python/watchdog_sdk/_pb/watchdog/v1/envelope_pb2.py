@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from watchdog_sdk._pb.io.cloudevents.v1 import cloudevents_pb2 as watchdog__sdk_dot___pb_dot_io_dot_cloudevents_dot_v1_dot_cloudevents__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+watchdog_sdk/_pb/watchdog/v1/envelope.proto\x12\x0bwatchdog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x34watchdog_sdk/_pb/io/cloudevents/v1/cloudevents.proto\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"7\n\x0cTraceContext\x12\x13\n\x0btraceparent\x18\x01 \x01(\t\x12\x12\n\ntracestate\x18\x02 \x01(\t\"t\n\x0bHttpRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\x0c\x12\r\n\x05query\x18\x03 \x01(\t\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x19\n\x11transfer_encoding\x18\x06 \x01(\t\"\x1a\n\x08GrpcCall\x12\x0e\n\x06method\x18\x01 \x01(\t\"\xc2\x02\n\x08\x45nvelope\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05trace\x18\x03 \x01(\x0b\x32\x19.watchdog.v1.TraceContext\x12$\n\x07headers\x18\x04 \x03(\x0b\x32\x13.watchdog.v1.Header\x12\x16\n\x0e\x63ontent_length\x18\x05 \x01(\x03\x12(\n\x04http\x18\n \x01(\x0b\x32\x18.watchdog.v1.HttpRequestH\x00\x12%\n\x04grpc\x18\x0b \x01(\x0b\x32\x15.watchdog.v1.GrpcCallH\x00\x12\x33\n\ncloudevent\x18\x0c \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEventH\x00\x42\x06\n\x04kind\"\xd1\x01\n\x0cResponseHead\x12\x0e\n\x06status\x18\x01 \x01(\r\x12$\n\x07headers\x18\x02 \x03(\x0b\x32\x13.watchdog.v1.Header\x12%\n\x08trailers\x18\x03 \x03(\x0b\x32\x13.watchdog.v1.Header\x12,\n\x05reply\x18\x04 \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\x12%\n\x05\x65rror\x18\x05 \x01(\x0e\x32\x16.watchdog.v1.ErrorKind\x12\x0f\n\x07message\x18\x06 \x01(\t*t\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_KIND_PERMANENT\x10\x01\x12\x18\n\x14\x45RROR_KIND_RETRYABLE\x10\x02\x12\x17\n\x13\x45RROR_KIND_INTERNAL\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+watchdog_sdk/_pb/watchdog/v1/envelope.proto\x12\x0bwatchdog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x34watchdog_sdk/_pb/io/cloudevents/v1/cloudevents.proto\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"7\n\x0cTraceContext\x12\x13\n\x0btraceparent\x18\x01 \x01(\t\x12\x12\n\ntracestate\x18\x02 \x01(\t\"t\n\x0bHttpRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\x0c\x12\r\n\x05query\x18\x03 \x01(\t\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x19\n\x11transfer_encoding\x18\x06 \x01(\t\"N\n\x08GrpcCall\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x18\n\x10\x63lient_streaming\x18\x02 \x01(\x08\x12\x18\n\x10server_streaming\x18\x03 \x01(\x08\"\xef\x02\n\x08\x45nvelope\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05trace\x18\x03 \x01(\x0b\x32\x19.watchdog.v1.TraceContext\x12$\n\x07headers\x18\x04 \x03(\x0b\x32\x13.watchdog.v1.Header\x12\x16\n\x0e\x63ontent_length\x18\x05 \x01(\x03\x12+\n\ttransport\x18\x06 \x01(\x0b\x32\x18.watchdog.v1.HttpRequest\x12(\n\x04http\x18\n \x01(\x0b\x32\x18.watchdog.v1.HttpRequestH\x00\x12%\n\x04grpc\x18\x0b \x01(\x0b\x32\x15.watchdog.v1.GrpcCallH\x00\x12\x33\n\ncloudevent\x18\x0c \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEventH\x00\x42\x06\n\x04kind\"\xd1\x01\n\x0cResponseHead\x12\x0e\n\x06status\x18\x01 \x01(\r\x12$\n\x07headers\x18\x02 \x03(\x0b\x32\x13.watchdog.v1.Header\x12%\n\x08trailers\x18\x03 \x03(\x0b\x32\x13.watchdog.v1.Header\x12,\n\x05reply\x18\x04 \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\x12%\n\x05\x65rror\x18\x05 \x01(\x0e\x32\x16.watchdog.v1.ErrorKind\x12\x0f\n\x07message\x18\x06 \x01(\t*t\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_KIND_PERMANENT\x10\x01\x12\x18\n\x14\x45RROR_KIND_RETRYABLE\x10\x02\x12\x17\n\x13\x45RROR_KIND_INTERNAL\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'watchdog_sdk._pb.watchdog.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORKIND']._serialized_start=926
-  _globals['_ERRORKIND']._serialized_end=1042
+  _globals['_ERRORKIND']._serialized_start=1023
+  _globals['_ERRORKIND']._serialized_end=1139
   _globals['_HEADER']._serialized_start=147
   _globals['_HEADER']._serialized_end=184
   _globals['_TRACECONTEXT']._serialized_start=186
@@ -42,9 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HTTPREQUEST']._serialized_start=243
   _globals['_HTTPREQUEST']._serialized_end=359
   _globals['_GRPCCALL']._serialized_start=361
-  _globals['_GRPCCALL']._serialized_end=387
-  _globals['_ENVELOPE']._serialized_start=390
-  _globals['_ENVELOPE']._serialized_end=712
-  _globals['_RESPONSEHEAD']._serialized_start=715
-  _globals['_RESPONSEHEAD']._serialized_end=924
+  _globals['_GRPCCALL']._serialized_end=439
+  _globals['_ENVELOPE']._serialized_start=442
+  _globals['_ENVELOPE']._serialized_end=809
+  _globals['_RESPONSEHEAD']._serialized_start=812
+  _globals['_RESPONSEHEAD']._serialized_end=1021
 # @@protoc_insertion_point(module_scope)

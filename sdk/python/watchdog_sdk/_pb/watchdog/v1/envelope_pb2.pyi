@@ -53,18 +53,23 @@ class HttpRequest(_message.Message):
     def __init__(self, method: _Optional[str] = ..., path: _Optional[bytes] = ..., query: _Optional[str] = ..., host: _Optional[str] = ..., version: _Optional[str] = ..., transfer_encoding: _Optional[str] = ...) -> None: ...
 
 class GrpcCall(_message.Message):
-    __slots__ = ("method",)
+    __slots__ = ("method", "client_streaming", "server_streaming")
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_STREAMING_FIELD_NUMBER: _ClassVar[int]
+    SERVER_STREAMING_FIELD_NUMBER: _ClassVar[int]
     method: str
-    def __init__(self, method: _Optional[str] = ...) -> None: ...
+    client_streaming: bool
+    server_streaming: bool
+    def __init__(self, method: _Optional[str] = ..., client_streaming: bool = ..., server_streaming: bool = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("request_id", "deadline", "trace", "headers", "content_length", "http", "grpc", "cloudevent")
+    __slots__ = ("request_id", "deadline", "trace", "headers", "content_length", "transport", "http", "grpc", "cloudevent")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     CONTENT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
     GRPC_FIELD_NUMBER: _ClassVar[int]
     CLOUDEVENT_FIELD_NUMBER: _ClassVar[int]
@@ -73,10 +78,11 @@ class Envelope(_message.Message):
     trace: TraceContext
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     content_length: int
+    transport: HttpRequest
     http: HttpRequest
     grpc: GrpcCall
     cloudevent: _cloudevents_pb2.CloudEvent
-    def __init__(self, request_id: _Optional[str] = ..., deadline: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., trace: _Optional[_Union[TraceContext, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., content_length: _Optional[int] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ..., grpc: _Optional[_Union[GrpcCall, _Mapping]] = ..., cloudevent: _Optional[_Union[_cloudevents_pb2.CloudEvent, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., deadline: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., trace: _Optional[_Union[TraceContext, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., content_length: _Optional[int] = ..., transport: _Optional[_Union[HttpRequest, _Mapping]] = ..., http: _Optional[_Union[HttpRequest, _Mapping]] = ..., grpc: _Optional[_Union[GrpcCall, _Mapping]] = ..., cloudevent: _Optional[_Union[_cloudevents_pb2.CloudEvent, _Mapping]] = ...) -> None: ...
 
 class ResponseHead(_message.Message):
     __slots__ = ("status", "headers", "trailers", "reply", "error", "message")
