@@ -3,16 +3,17 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let files = [
-        "proto/watchdog/v1/envelope.proto",
-        "proto/watchdog/v1/frame.proto",
-        "proto/watchdog/v1/function.proto",
-    ];
+    let files =
+        ["proto/watchdog/v1/envelope.proto", "proto/watchdog/v1/frame.proto", "proto/watchdog/v1/function.proto"];
     let descriptors = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("watchdog_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
     let mut config = prost_build::Config::new();
     config.bytes(["."]);
-    tonic_prost_build::configure().build_transport(false).build_client(true).build_server(true).compile_fds_with_config(descriptors, config)?;
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .build_client(true)
+        .build_server(true)
+        .compile_fds_with_config(descriptors, config)?;
     Ok(())
 }
