@@ -58,7 +58,7 @@ pub enum InvokeError {
         /// Go's wording: `exit status 1`, `signal: killed`, `exec: "x": executable file not found in $PATH`.
         reason: String,
         /// Output collected before the failure (classic mode shows it).
-        output: Option<Output>,
+        output: Option<Box<Output>>,
         /// Which original's wording to use.
         style: FailureStyle,
         /// Seconds the run took, for `X-Duration-Seconds` (of-watchdog style).
@@ -66,7 +66,7 @@ pub enum InvokeError {
         /// Content-Type to set (of-watchdog style sets the configured one before running).
         content_type: Option<String>,
         /// The last KiB of the function's stderr, kept for gRPC calls whose status message quotes it.
-        stderr_tail: Option<String>,
+        stderr_tail: Option<Box<str>>,
     },
     /// The watchdog itself failed (e.g. the temporary directory is not writable).
     #[error("watchdog error: {0}")]
@@ -174,7 +174,7 @@ impl InvokeError {
                 };
                 builder = builder.header(header::CONTENT_TYPE, sniffed);
                 match output {
-                    Some(output) => body::from_output(Some(prefix), output),
+                    Some(output) => body::from_output(Some(prefix), *output),
                     None => body::full(prefix),
                 }
             }
@@ -248,7 +248,7 @@ mod tests {
     async fn classic_failure_body() {
         let err = InvokeError::FunctionFailed {
             reason: "exit status 1".into(),
-            output: Some(Output::Memory(Bytes::from_static(b"stat: cannot stat 'x'\n"))),
+            output: Some(Box::new(Output::Memory(Bytes::from_static(b"stat: cannot stat 'x'\n")))),
             style: FailureStyle::Classic,
             duration: None,
             content_type: None,

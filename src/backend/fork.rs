@@ -137,12 +137,12 @@ impl ForkBackend {
         reason: String,
         output: Option<Output>,
         duration: Option<f64>,
-        stderr_tail: Option<String>,
+        stderr_tail: Option<Box<str>>,
     ) -> InvokeError {
         match self.style {
             ForkStyle::Classic => InvokeError::FunctionFailed {
                 reason,
-                output,
+                output: output.map(Box::new),
                 style: FailureStyle::Classic,
                 duration: None,
                 content_type: None,
@@ -445,12 +445,12 @@ struct StderrLog {
 
 impl StderrLog {
     /// The kept tail once stderr has ended; a grandchild still holding stderr open is not waited for long.
-    async fn finish(self) -> Option<String> {
+    async fn finish(self) -> Option<Box<str>> {
         let tail = self.tail?;
         if let Some(task) = self.task {
             let _ = tokio::time::timeout(Duration::from_millis(500), task).await;
         }
-        Some(tail.text())
+        Some(tail.text().into())
     }
 }
 

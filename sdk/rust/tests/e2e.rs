@@ -195,7 +195,7 @@ async fn request_accessors_http_and_grpc() {
             name: "x-md".into(),
             value: Bytes::from_static(b"v"),
         }],
-        kind: Some(envelope::Kind::Grpc(GrpcCall { method: "/pkg.Svc/Do".into() })),
+        kind: Some(envelope::Kind::Grpc(GrpcCall { method: "/pkg.Svc/Do".into(), ..Default::default() })),
         ..Default::default()
     };
     let r = fake.call(env, b"\x0a\x01x").await;
