@@ -554,3 +554,59 @@ async fn grpc_calls_are_metered() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn grpc_is_forwarded_to_an_upstream_over_h2c() {
+    let echo = example("grpc_echo");
+    let port = common::free_port();
+    let fprocess = format!("{} 127.0.0.1:{port}", echo.display());
+    let upstream = format!("http://127.0.0.1:{port}");
+    let server = Server::start(&[("mode", "http"), ("fprocess", &fprocess), ("upstream_url", &upstream)]).await;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(server.url("/_/ready")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the upstream never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut function = function(&server).await;
+    let response = function.invoke(invoke_request(b"proxied", "text/plain", &[])).await.unwrap().into_inner();
+    assert_eq!(&response.body[..], b"proxied");
+    assert_eq!(response.content_type, "text/plain");
+    ping_pong(&mut function).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn passthrough_in_http_mode_with_the_rust_sdk_greeter() {
+    // Built by `cargo test --workspace` (or `cargo build --examples -p watchdog-sdk`) with the SDK's examples.
+    let exe = std::env::current_exe().unwrap();
+    let greeter = exe.parent().unwrap().parent().unwrap().join("examples").join("greeter");
+    if !greeter.exists() {
+        eprintln!("skipped: {} is not built (cargo build --examples -p watchdog-sdk)", greeter.display());
+        return;
+    }
+    let server = Server::start(&[("mode", "http"), ("fprocess", greeter.to_str().unwrap())]).await;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(server.url("/_/ready")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the greeter never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = raw_unary(&server, "/helloworld.Greeter/SayHello", string_field("SDK")).await.unwrap();
+    assert_eq!(parse_string_field(&reply), "Hello, SDK!");
+    let status = raw_unary(&server, "/helloworld.Greeter/Nope", Bytes::new()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "404 maps to UNIMPLEMENTED: {status:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_cancelling_a_unary_call_kills_the_function() {
+    let server = classic(r#"echo $$ > "$DIR/pid"; sleep 60"#, &[]).await;
+    let pid_file = server.tmp.path().join("pid");
+    let mut client = function(&server).await;
+    let call = tokio::spawn(async move { client.invoke(invoke_request(b"", "", &[])).await });
+    let pid = read_pid(&pid_file).await;
+    call.abort();
+    wait_dead(pid).await;
+    server.stop().await;
+}
