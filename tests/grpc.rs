@@ -304,6 +304,11 @@ async fn health_is_not_serving_until_a_worker_is_ready() {
     let mut health = HealthClient::new(channel(&server).await);
     let status = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status;
     assert_eq!(status, ServingStatus::NotServing as i32);
+    // Not yet started is not shutting down: the watch stays open after NOT_SERVING.
+    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::NotServing as i32);
+    let next = tokio::time::timeout(Duration::from_millis(600), watch.next()).await;
+    assert!(next.is_err(), "the watch ended or changed before the worker was ready: {next:?}");
     server.stop().await;
 }
 

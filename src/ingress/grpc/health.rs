@@ -53,8 +53,8 @@ impl Health for HealthService {
     type WatchStream = BoxStream<'static, Result<HealthCheckResponse, Status>>;
 
     /// The current status, then each change. An unknown service gets SERVICE_UNKNOWN and the call stays open, as
-    /// the health protocol says. Once shutdown has begun and NOT_SERVING was sent, the stream ends, so a watcher
-    /// does not hold the drain open.
+    /// the health protocol says. Once shutdown has begun and NOT_SERVING (or SERVICE_UNKNOWN) was sent, the stream
+    /// ends, so a watcher does not hold the drain open.
     async fn watch(
         &self,
         request: tonic::Request<HealthCheckRequest>,
@@ -62,10 +62,11 @@ impl Health for HealthService {
         let service = request.into_inner().service;
         let ingress = Arc::clone(&self.ingress);
         let updates = futures_util::stream::unfold((ingress, service, None), |(ingress, service, last)| async move {
-            if last == Some(ServingStatus::NotServing) && !ingress.lifecycle.accepting() {
-                return None;
-            }
             loop {
+                // Only shutdown ends the stream: before start-up completes, NOT_SERVING is followed by SERVING.
+                if last.is_some_and(|s| s != ServingStatus::Serving) && ingress.lifecycle.stopping() {
+                    return None;
+                }
                 let now = status(&ingress, &service).unwrap_or(ServingStatus::ServiceUnknown);
                 if Some(now) != last {
                     let update = HealthCheckResponse { status: now as i32 };
