@@ -5,7 +5,10 @@
 //! `no-pong` (serves requests but never answers pings).
 //! The request path selects per-request behaviour: `/crash` exits with status 7 mid-request, `/garbage` writes
 //! bytes that are not a frame, `/sleep` answers after 2 s, `/permanent`, `/retryable` and `/internal` answer
-//! with that error kind, `/noise` prints to stdout first; anything else echoes the body back, streamed.
+//! with that error kind, `/noise` prints to stdout first, `/crash-after-echo` echoes the first body chunk and
+//! then exits with status 7, `/grpc-status` answers 500 with trailers `grpc-status: 5` and `grpc-message: nope`;
+//! anything else echoes the body back, streamed. A gRPC call has no path of its own: its `x-fake-worker` header
+//! (metadata) names the behaviour instead.
 //! With `FAKE_WORKER_IDS=<file>`, every stream id received is appended to that file.
 
 use std::sync::Arc;
@@ -90,7 +93,10 @@ async fn main() {
                     writeln!(file, "{id}").expect("write id");
                 }
                 let envelope = head.envelope.unwrap_or_default();
-                let path = envelope.http().map(|h| String::from_utf8_lossy(&h.path).into_owned()).unwrap_or_default();
+                let path = match envelope.header("x-fake-worker") {
+                    Some(behaviour) => String::from_utf8_lossy(behaviour).into_owned(),
+                    None => envelope.http().map(|h| String::from_utf8_lossy(&h.path).into_owned()).unwrap_or_default(),
+                };
                 let content_type = envelope.header("content-type").map(|v| v.to_vec());
                 let (tx, mut rx) = mpsc::unbounded_channel::<Option<Bytes>>();
                 let credit = Arc::new(Semaphore::new(256 * 1024));
@@ -112,6 +118,16 @@ async fn main() {
                         }
                         "/sleep" => tokio::time::sleep(Duration::from_secs(2)).await,
                         "/noise" => println!("fake worker: some noise on stdout for stream {id}"),
+                        "/grpc-status" => {
+                            let head = ResponseHead { status: 500, ..Default::default() };
+                            send(frame(id, Kind::ResponseHead(head))).await;
+                            let trailers = vec![
+                                Header { name: "grpc-status".into(), value: Bytes::from_static(b"5") },
+                                Header { name: "grpc-message".into(), value: Bytes::from_static(b"nope") },
+                            ];
+                            send(frame(id, Kind::End(End { trailers }))).await;
+                            return;
+                        }
                         "/permanent" | "/retryable" | "/internal" => {
                             let kind = match path.as_str() {
                                 "/permanent" => ErrorKind::Permanent,
@@ -139,6 +155,9 @@ async fn main() {
                             Err(_) => return,
                         }
                         send(frame(id, Kind::Data(Data { data: chunk }))).await;
+                        if path == "/crash-after-echo" {
+                            std::process::exit(7);
+                        }
                         send(frame(id, Kind::WindowUpdate(WindowUpdate { increment: len }))).await;
                     }
                     send(frame(id, Kind::End(End { trailers: vec![] }))).await;

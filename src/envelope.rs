@@ -19,6 +19,9 @@ pub mod pb {
             }
         }
     }
+    /// The encoded FileDescriptorSet of `proto/watchdog/v1` and its imports, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/watchdog_descriptor.bin"));
+
     /// `watchdog.*`
     pub mod watchdog {
         /// `watchdog.v1`: the envelope and response head.

@@ -58,13 +58,15 @@ pub enum InvokeError {
         /// Go's wording: `exit status 1`, `signal: killed`, `exec: "x": executable file not found in $PATH`.
         reason: String,
         /// Output collected before the failure (classic mode shows it).
-        output: Option<Output>,
+        output: Option<Box<Output>>,
         /// Which original's wording to use.
         style: FailureStyle,
         /// Seconds the run took, for `X-Duration-Seconds` (of-watchdog style).
         duration: Option<f64>,
         /// Content-Type to set (of-watchdog style sets the configured one before running).
         content_type: Option<String>,
+        /// The last KiB of the function's stderr, kept for gRPC calls whose status message quotes it.
+        stderr_tail: Option<Box<str>>,
     },
     /// The watchdog itself failed (e.g. the temporary directory is not writable).
     #[error("watchdog error: {0}")]
@@ -135,6 +137,37 @@ impl InvokeError {
         plain_response(status, text)
     }
 
+    /// The gRPC status this failure is answered with (SPEC §5): the one place gRPC codes are chosen.
+    pub fn grpc_status(&self) -> tonic::Status {
+        use tonic::{Code, Status};
+        let code = match self {
+            InvokeError::MethodNotAllowed => Code::Unimplemented,
+            InvokeError::Overloaded { .. } | InvokeError::QueueFull(_) | InvokeError::BodyTooLarge { .. } => {
+                Code::ResourceExhausted
+            }
+            InvokeError::ReadTimeout(_)
+            | InvokeError::ExecTimeout
+            | InvokeError::WriteTimeout(_)
+            | InvokeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            // The client's own stream broke: it is gone or reset the call.
+            InvokeError::BodyRead(_) => Code::Cancelled,
+            InvokeError::BadPath(_) | InvokeError::Permanent(_) => Code::InvalidArgument,
+            InvokeError::FunctionFailed { .. } | InvokeError::Internal(_) | InvokeError::FunctionInternal(_) => {
+                Code::Internal
+            }
+            InvokeError::WorkerFailed(_) | InvokeError::Unavailable(_) | InvokeError::Retryable(_) => Code::Unavailable,
+        };
+        let message = match self {
+            // `exit status N`, then what the function said on stderr last (its stdout is the message channel).
+            InvokeError::FunctionFailed { reason, stderr_tail: Some(tail), .. } if !tail.is_empty() => {
+                format!("{reason}\n{tail}")
+            }
+            InvokeError::ExecTimeout => "Killed process: the function ran past exec_timeout".to_string(),
+            other => other.to_string(),
+        };
+        Status::new(code, message)
+    }
+
     /// The HTTP response for this failure, worded as the original watchdogs word it.
     pub fn into_http_response(self) -> Response<ResponseBody> {
         let status = self.status();
@@ -164,7 +197,7 @@ impl InvokeError {
                 };
                 builder = builder.header(header::CONTENT_TYPE, sniffed);
                 match output {
-                    Some(output) => body::from_output(Some(prefix), output),
+                    Some(output) => body::from_output(Some(prefix), *output),
                     None => body::full(prefix),
                 }
             }
@@ -199,6 +232,41 @@ pub fn plain_response(status: StatusCode, text: String) -> Response<ResponseBody
     builder.body(body::full(text)).expect("valid response")
 }
 
+/// The gRPC code for an HTTP status answered by a function, by gRPC's HTTP-to-gRPC table
+/// (`doc/http-grpc-status-mapping.md`); 2xx is OK.
+pub fn grpc_code_for_http(status: u16) -> tonic::Code {
+    use tonic::Code;
+    match status {
+        200..=299 => Code::Ok,
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// The HTTP status a gRPC code stands for in metrics and the access log (grpc-gateway's table), so gRPC calls
+/// share `code` labels with plain HTTP.
+pub fn http_status_for_grpc(code: tonic::Code) -> u16 {
+    use tonic::Code;
+    match code {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::DeadlineExceeded => 504,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::PermissionDenied => 403,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::Unauthenticated => 401,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,10 +280,11 @@ mod tests {
     async fn classic_failure_body() {
         let err = InvokeError::FunctionFailed {
             reason: "exit status 1".into(),
-            output: Some(Output::Memory(Bytes::from_static(b"stat: cannot stat 'x'\n"))),
+            output: Some(Box::new(Output::Memory(Bytes::from_static(b"stat: cannot stat 'x'\n")))),
             style: FailureStyle::Classic,
             duration: None,
             content_type: None,
+            stderr_tail: None,
         };
         let resp = err.into_http_response();
         assert_eq!(resp.status(), 500);
@@ -241,7 +310,8 @@ mod tests {
         assert_eq!(InvokeError::Overloaded { max: 1 }.cloudevent_status(), 429);
         let failed = InvokeError::FunctionFailed {
             reason: "exit status 3".into(),
-            output: Some(Output::Memory(Bytes::from_static(b"secret stderr"))),
+            output: Some(Box::new(Output::Memory(Bytes::from_static(b"secret stdout")))),
+            stderr_tail: Some("secret stderr".into()),
             style: FailureStyle::Classic,
             duration: None,
             content_type: None,
@@ -261,5 +331,54 @@ mod tests {
         let resp = InvokeError::WriteTimeout(Duration::from_secs(2)).into_http_response();
         assert_eq!(resp.status(), 504);
         assert!(text(resp).await.contains("write_timeout (2s)"));
+    }
+
+    #[test]
+    fn grpc_status_mapping() {
+        use tonic::Code;
+        let cases: Vec<(InvokeError, Code)> = vec![
+            (InvokeError::Permanent("bad".into()), Code::InvalidArgument),
+            (InvokeError::Retryable("later".into()), Code::Unavailable),
+            (InvokeError::WorkerFailed("exit status 7".into()), Code::Unavailable),
+            (InvokeError::Overloaded { max: 1 }, Code::ResourceExhausted),
+            (InvokeError::QueueFull(3), Code::ResourceExhausted),
+            (InvokeError::BodyTooLarge { limit: 1 }, Code::ResourceExhausted),
+            (InvokeError::DeadlineExceeded(Duration::from_secs(1)), Code::DeadlineExceeded),
+            (InvokeError::ExecTimeout, Code::DeadlineExceeded),
+            (InvokeError::WriteTimeout(Duration::from_secs(1)), Code::DeadlineExceeded),
+            (InvokeError::Unavailable("none ready".into()), Code::Unavailable),
+            (InvokeError::FunctionInternal("boom".into()), Code::Internal),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.grpc_status().code(), code, "{error}");
+        }
+        let crash = InvokeError::WorkerFailed("worker exited (exit status 7)".into()).grpc_status();
+        assert!(crash.message().contains("exit status 7"));
+        let failed = InvokeError::FunctionFailed {
+            reason: "exit status 3".into(),
+            output: None,
+            style: FailureStyle::Classic,
+            duration: None,
+            content_type: None,
+            stderr_tail: Some("oops".into()),
+        }
+        .grpc_status();
+        assert_eq!(failed.code(), Code::Internal);
+        assert_eq!(failed.message(), "exit status 3\noops");
+    }
+
+    #[test]
+    fn http_to_grpc_table() {
+        use tonic::Code;
+        assert_eq!(grpc_code_for_http(200), Code::Ok);
+        assert_eq!(grpc_code_for_http(400), Code::Internal);
+        assert_eq!(grpc_code_for_http(401), Code::Unauthenticated);
+        assert_eq!(grpc_code_for_http(403), Code::PermissionDenied);
+        assert_eq!(grpc_code_for_http(404), Code::Unimplemented);
+        for status in [429, 502, 503, 504] {
+            assert_eq!(grpc_code_for_http(status), Code::Unavailable);
+        }
+        assert_eq!(grpc_code_for_http(500), Code::Unknown);
+        assert_eq!(http_status_for_grpc(Code::ResourceExhausted), 429);
     }
 }

@@ -1,4 +1,4 @@
-//! ng-watchdog: one server in front of a function that accepts plain HTTP (and, as they land, gRPC and
+//! ng-watchdog: one server in front of a function that accepts plain HTTP and gRPC (and, as it lands,
 //! CloudEvents) on one port and hands each request to the function, as a drop-in replacement for OpenFaaS's
 //! classic watchdog and of-watchdog.
 //!
@@ -8,7 +8,9 @@
 //!  config      environment → Config (classic/of-watchdog variables and ours)
 //!    │
 //!  ingress     hyper HTTP/1.1 + h2c on one port; /_/health, /_/ready, max_inflight;
-//!    │         ingress::http turns a request into an Envelope (gRPC and CloudEvents join here)
+//!    │         ingress::http turns a request into an Envelope; ingress::grpc (content-type application/grpc*)
+//!    │         serves watchdog.v1.Function, passthrough of any other method, health and reflection
+//!    │         (CloudEvents joins here)
 //!  envelope    the typed request of proto/watchdog/v1 (SPEC §7), shared by every ingress and backend
 //!    │
 //!  backend     backend::fork runs one process per request (classic, streaming, serializing):

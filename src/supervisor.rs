@@ -70,6 +70,11 @@ impl Lifecycle {
     pub fn accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
     }
+
+    /// Whether shutdown has begun (SIGTERM or SIGINT received).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
 }
 
 fn write_lock_file(path: &std::path::Path) -> std::io::Result<()> {

@@ -337,3 +337,14 @@ async fn cloudevents_count_as_their_own_protocol_in_metrics() {
     assert!(text.contains(r#"watchdog_invocations_total{protocol="cloudevent",code="200"} 1"#), "{text}");
     assert!(text.contains(r#"watchdog_invocations_total{protocol="http",code="200"} 1"#), "{text}");
 }
+
+#[tokio::test]
+async fn streaming_mode_holds_a_reply_until_exit_so_a_failure_is_500() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = script(tmp.path(), "f.sh", "echo partial; exit 4");
+    let server = Server::start_in(tmp, &[("fprocess", f.to_str().unwrap()), ("mode", "streaming")]).await;
+    let resp = binary(&server, "").send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(resp.headers().get("ce-id").is_none());
+    server.stop().await;
+}

@@ -19,7 +19,7 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::cgi::{self, Base64Stream, EnvFlavour};
-use super::logs::log_lines;
+use super::logs::{log_lines_keeping, Tail};
 use super::process::{describe_exit, FunctionProcess};
 use super::sniff::detect_content_type;
 use super::spill::{Output, SpillBuffer};
@@ -97,20 +97,30 @@ impl ForkBackend {
     }
 
     /// Runs the function for one request. The run continues in its own task, so a client that goes away
-    /// does not cut it short (as with the originals) and it is always reaped.
+    /// does not cut a plain HTTP request short (as with the originals) and it is always reaped. A gRPC call is
+    /// different: its client cancelling (this future or the response body dropped early) kills the function.
     pub async fn invoke(self: &Arc<Self>, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
         let (reply, answer) = oneshot::channel();
         let backend = Arc::clone(self);
-        tokio::spawn(async move {
-            match backend.style {
-                ForkStyle::Streaming => backend.run_streaming(invocation, reply).await,
-                _ => {
-                    let result = backend.run_buffered(invocation).await;
-                    let _ = reply.send(result);
-                }
+        let grpc = invocation.envelope.grpc().map(|call| call.server_streaming);
+        // gRPC answers and reply events are held until exit in every style (the exit status decides the code),
+        // unless a gRPC call streams its response.
+        let event = invocation.envelope.cloudevent().is_some();
+        let streamed = grpc.unwrap_or(self.style == ForkStyle::Streaming && !event);
+        let task = tokio::spawn(async move {
+            if streamed {
+                backend.run_streaming(invocation, reply).await
+            } else {
+                let result = backend.run_buffered(invocation).await;
+                let _ = reply.send(result);
             }
         });
-        answer.await.unwrap_or_else(|_| Err(InvokeError::Internal("function task ended without an answer".into())))
+        let mut cancel = grpc.is_some().then(|| AbortOnDrop(Some(task.abort_handle())));
+        let result = answer.await;
+        if let Some(guard) = cancel.as_mut() {
+            guard.0 = None;
+        }
+        result.unwrap_or_else(|_| Err(InvokeError::Internal("function task ended without an answer".into())))
     }
 
     fn spawn(&self, invocation: &Invocation, combine: bool) -> Result<FunctionProcess, InvokeError> {
@@ -121,13 +131,24 @@ impl ForkBackend {
     }
 
     fn failure(&self, reason: String, output: Option<Output>, duration: Option<f64>) -> InvokeError {
+        self.failure_with(reason, output, duration, None)
+    }
+
+    fn failure_with(
+        &self,
+        reason: String,
+        output: Option<Output>,
+        duration: Option<f64>,
+        stderr_tail: Option<Box<str>>,
+    ) -> InvokeError {
         match self.style {
             ForkStyle::Classic => InvokeError::FunctionFailed {
                 reason,
-                output,
+                output: output.map(Box::new),
                 style: FailureStyle::Classic,
                 duration: None,
                 content_type: None,
+                stderr_tail,
             },
             _ => InvokeError::FunctionFailed {
                 reason,
@@ -135,8 +156,19 @@ impl ForkBackend {
                 style: FailureStyle::OfWatchdog,
                 duration,
                 content_type: self.content_type.clone(),
+                stderr_tail,
             },
         }
+    }
+
+    /// Logs the function's stderr; for a gRPC call also keeps its last KiB for a failure's status message.
+    fn log_stderr(&self, process: &mut FunctionProcess, grpc: bool) -> StderrLog {
+        let Some(stderr) = process.stderr.take() else {
+            return StderrLog { tail: None, task: None };
+        };
+        let tail = grpc.then(Tail::default);
+        let task = tokio::spawn(log_lines_keeping(stderr, "stderr", self.log_buffer_size, tail.clone()));
+        StderrLog { tail, task: Some(task) }
     }
 
     /// Classic and serializing: output held until exit, then one answer from the exit status.
@@ -144,12 +176,15 @@ impl ForkBackend {
         let start = Instant::now();
         // A reply event or gRPC message is the function's stdout alone; stderr is only logged.
         let combine = self.style == ForkStyle::Classic && self.combine_output && invocation.envelope.http().is_some();
+        let grpc = invocation.envelope.grpc().is_some();
         let mut process = self.spawn(&invocation, combine)?;
-        let marshal = (self.style == ForkStyle::Classic && self.marshal_request)
+        // A gRPC message reaches stdin raw, never wrapped in the marshal_request JSON.
+        let marshal = (self.style == ForkStyle::Classic && self.marshal_request && !grpc)
             .then(|| cgi::marshal_prefix(&invocation.envelope));
-        if let Some(stderr) = process.stderr.take() {
-            tokio::spawn(log_lines(stderr, "stderr", self.log_buffer_size));
-        }
+        let stderr = self.log_stderr(&mut process, grpc);
+        let call_timeout = invocation.timeout;
+        let call_deadline = call_timeout.map(|t| start + t);
+        let mut call_timer = pin!(sleep_until(call_deadline.unwrap_or_else(far_future)));
         let request_content_type = invocation.envelope.header("content-type").map(<[u8]>::to_vec);
         let output = process.output.take().expect("output pipe is set at spawn");
         let mut feed = pin!(feed_stdin(invocation.body, process.stdin.take(), invocation.limits, marshal));
@@ -183,11 +218,16 @@ impl ForkBackend {
                     exec_expired = true;
                     tracing::info!("Killing process: {}", self.argv.join(" "));
                     process.signal_group(Signal::SIGKILL);
-                    if self.style == ForkStyle::Classic {
+                    if self.style == ForkStyle::Classic || grpc {
                         let _ = process.wait().await;
                         return Err(InvokeError::ExecTimeout);
                     }
                     // of-watchdog answers a timed-out run from its exit status: "signal: killed".
+                }
+                _ = &mut call_timer, if call_deadline.is_some() => {
+                    process.signal_group(Signal::SIGKILL);
+                    let _ = process.wait().await;
+                    return Err(InvokeError::DeadlineExceeded(call_timeout.unwrap_or_default()));
                 }
                 _ = &mut write_timer, if write_deadline.is_some() => {
                     process.signal_group(Signal::SIGKILL);
@@ -213,7 +253,8 @@ impl ForkBackend {
             if self.write_debug {
                 tracing::info!("Success=false, Error={reason}");
             }
-            return Err(self.failure(reason, Some(output), Some(duration)));
+            let tail = stderr.finish().await;
+            return Err(self.failure_with(reason, Some(output), Some(duration), tail));
         }
         let mut response = Response::builder().status(StatusCode::OK);
         let content_type = match (&self.content_type, self.style) {
@@ -251,9 +292,12 @@ impl ForkBackend {
                 return;
             }
         };
-        if let Some(stderr) = process.stderr.take() {
-            tokio::spawn(log_lines(stderr, "stderr", self.log_buffer_size));
-        }
+        // A streaming gRPC call: killed when its client leaves, and failures after the head travel in the body.
+        let grpc = invocation.envelope.grpc().is_some();
+        let stderr = self.log_stderr(&mut process, grpc);
+        let call_timeout = invocation.timeout;
+        let call_deadline = call_timeout.map(|t| start + t);
+        let mut call_timer = pin!(sleep_until(call_deadline.unwrap_or_else(far_future)));
         // `None` once the client has gone: closing our end lets the function see a broken pipe, as under
         // of-watchdog, instead of blocking on a full one forever.
         let mut output = process.output.take();
@@ -296,6 +340,7 @@ impl ForkBackend {
                     let deadline = write_deadline.unwrap_or_else(far_future);
                     match timeout_at(deadline, tx.send(Ok(chunk))).await {
                         Ok(Ok(())) => {}
+                        Ok(Err(_)) if grpc => break Some(cancelled()),
                         // The client went away: close the pipe and let the function finish.
                         Ok(Err(_)) => { eof = true; sink = None; output = None; }
                         Err(_) => break Some(InvokeError::WriteTimeout(self.write_timeout.unwrap_or_default())),
@@ -310,7 +355,14 @@ impl ForkBackend {
                 _ = &mut exec_timer, if exec_deadline.is_some() && !exec_expired => {
                     exec_expired = true;
                     process.signal_group(Signal::SIGKILL);
+                    if grpc {
+                        break Some(InvokeError::ExecTimeout);
+                    }
                 }
+                _ = &mut call_timer, if call_deadline.is_some() => {
+                    break Some(InvokeError::DeadlineExceeded(call_timeout.unwrap_or_default()));
+                }
+                _ = closed(&sink), if grpc => break Some(cancelled()),
                 _ = &mut write_timer, if write_deadline.is_some() => {
                     break Some(InvokeError::WriteTimeout(self.write_timeout.unwrap_or_default()));
                 }
@@ -334,8 +386,9 @@ impl ForkBackend {
                     let _ = reply.send(Err(error));
                 }
                 // The head is out: abort the body so the client sees an incomplete response, not a short one.
+                // The error travels typed, so the gRPC layer can turn it into a status.
                 (None, Some(tx)) => {
-                    let _ = tx.send(Err(std::io::Error::other(error.to_string()))).await;
+                    let _ = tx.send(Err(std::io::Error::other(error))).await;
                 }
                 (None, None) => {}
             }
@@ -346,7 +399,16 @@ impl ForkBackend {
         match (describe_exit(exit), reply) {
             // No output at all: a failure is a 500 (of-watchdog would answer 200 with an empty body).
             (Some(reason), Some(reply)) => {
-                let _ = reply.send(Err(self.failure(reason, None, Some(duration))));
+                let tail = stderr.finish().await;
+                let _ = reply.send(Err(self.failure_with(reason, None, Some(duration), tail)));
+            }
+            // A gRPC stream ends with the failure's status, after the messages already sent.
+            (Some(reason), None) if grpc => {
+                let tail = stderr.finish().await;
+                let error = self.failure_with(reason, None, Some(duration), tail);
+                if let Some(tx) = sink {
+                    let _ = tx.send(Err(std::io::Error::other(error))).await;
+                }
             }
             (None, Some(reply)) => {
                 let _ = reply.send(Ok(self.streaming_head().body(body::empty()).expect("valid response")));
@@ -363,6 +425,47 @@ impl ForkBackend {
             head = head.header(header::CONTENT_TYPE, ct);
         }
         head
+    }
+}
+
+/// Aborts a task when dropped, unless disarmed by taking the handle out.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The function's stderr being logged, and (gRPC) its kept tail.
+struct StderrLog {
+    tail: Option<Tail>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StderrLog {
+    /// The kept tail once stderr has ended; a grandchild still holding stderr open is not waited for long.
+    async fn finish(self) -> Option<Box<str>> {
+        let tail = self.tail?;
+        if let Some(task) = self.task {
+            let _ = tokio::time::timeout(Duration::from_millis(500), task).await;
+        }
+        Some(tail.text().into())
+    }
+}
+
+/// The error ending a gRPC call whose client went away; nobody receives it, the function is killed.
+fn cancelled() -> InvokeError {
+    InvokeError::BodyRead("the client cancelled the call".into())
+}
+
+/// Resolves when the response body's receiver is gone (the client left); never without a sink.
+async fn closed(sink: &Option<mpsc::Sender<Result<Bytes, std::io::Error>>>) {
+    match sink {
+        Some(tx) => tx.closed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,10 +1,47 @@
 //! Function output that goes to the watchdog's log: split into lines, each at most `log_buffer_size` bytes,
 //! so a function that writes gigabytes without a newline cannot grow the watchdog's memory.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// Bytes of stderr a failed gRPC call's status message quotes.
+pub const TAIL_BYTES: usize = 1024;
+
+/// The last [`TAIL_BYTES`] a stream carried, shared between the task logging it and the request that may quote it.
+#[derive(Debug, Default, Clone)]
+pub struct Tail(Arc<Mutex<VecDeque<u8>>>);
+
+impl Tail {
+    fn push(&self, data: &[u8]) {
+        let mut tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let data = &data[data.len().saturating_sub(TAIL_BYTES)..];
+        let excess = (tail.len() + data.len()).saturating_sub(TAIL_BYTES);
+        tail.drain(..excess);
+        tail.extend(data);
+    }
+
+    /// What was kept, as text (invalid UTF-8 replaced), without surrounding whitespace.
+    pub fn text(&self) -> String {
+        let tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes: Vec<u8> = tail.iter().copied().collect();
+        String::from_utf8_lossy(&bytes).trim().to_string()
+    }
+}
+
 /// Reads `stream` to its end and logs each line as coming from the function's `name` stream.
-pub async fn log_lines(mut stream: impl AsyncRead + Unpin, name: &'static str, max_line: usize) {
+pub async fn log_lines(stream: impl AsyncRead + Unpin, name: &'static str, max_line: usize) {
+    log_lines_keeping(stream, name, max_line, None).await
+}
+
+/// [`log_lines`], also keeping the stream's last bytes in `tail`.
+pub async fn log_lines_keeping(
+    mut stream: impl AsyncRead + Unpin,
+    name: &'static str,
+    max_line: usize,
+    tail: Option<Tail>,
+) {
     let mut line: Vec<u8> = Vec::with_capacity(max_line.min(4096));
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -12,6 +49,9 @@ pub async fn log_lines(mut stream: impl AsyncRead + Unpin, name: &'static str, m
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Some(tail) = &tail {
+            tail.push(&buf[..n]);
+        }
         for piece in buf[..n].split_inclusive(|b| *b == b'\n') {
             let (text, complete) = match piece.strip_suffix(b"\n") {
                 Some(text) => (text, true),
@@ -79,6 +119,21 @@ mod tests {
     #[tokio::test]
     async fn splits_lines_and_keeps_the_last_partial_one() {
         assert_eq!(collect(b"one\ntwo\nthree", 100).await, vec!["one", "two", "three"]);
+    }
+
+    #[tokio::test]
+    async fn tail_keeps_the_last_kibibyte() {
+        let tail = Tail::default();
+        let mut input = vec![b'a'; 3000];
+        input.extend_from_slice(b"the end\n");
+        log_lines_keeping(&input[..], "stderr", 100, Some(tail.clone())).await;
+        let text = tail.text();
+        assert!(text.ends_with("the end"));
+        assert_eq!(text.len(), TAIL_BYTES - 1, "trailing newline trimmed");
+        let small = Tail::default();
+        small.push(b"x");
+        small.push(b"y");
+        assert_eq!(small.text(), "xy");
     }
 
     #[tokio::test]

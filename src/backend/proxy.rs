@@ -37,6 +37,8 @@ const HOP_BY_HOP: [&str; 8] = [
 /// Forwards requests to the function's own HTTP server.
 pub struct ProxyBackend {
     client: Client<HttpConnector, RequestBody>,
+    /// HTTP/2 with prior knowledge (h2c), for gRPC.
+    h2c: Client<HttpConnector, RequestBody>,
     upstream: Uri,
     exec_timeout: Option<Duration>,
     buffer_body: bool,
@@ -79,9 +81,11 @@ impl ProxyBackend {
         ));
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new()).build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
         Ok(ProxyBackend {
             client,
+            h2c,
             upstream,
             exec_timeout: Config::limit(config.exec_timeout),
             buffer_body: config.buffer_http,
@@ -125,6 +129,42 @@ impl ProxyBackend {
         if let Some(supervisor) = supervisor {
             let _ = timeout(Duration::from_secs(6), supervisor).await;
         }
+    }
+
+    /// Forwards a gRPC call unchanged to the upstream over h2c; its status and trailers come back as they are.
+    /// `timeout` (grpc-timeout) and `exec_timeout`, the nearer, bound the wait for the response head.
+    pub async fn forward_grpc(
+        &self,
+        request: Request<RequestBody>,
+        grpc_timeout: Option<Duration>,
+    ) -> Result<Response<ResponseBody>, InvokeError> {
+        let limit = match (grpc_timeout, self.exec_timeout) {
+            (Some(asked), Some(cap)) => Some(asked.min(cap)),
+            (asked, cap) => asked.or(cap),
+        };
+        let (mut parts, body) = request.into_parts();
+        let target = format!(
+            "{}{}",
+            self.upstream.to_string().trim_end_matches('/'),
+            parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        );
+        parts.uri = target.parse().map_err(|e| InvokeError::Internal(format!("upstream URI {target:?}: {e}")))?;
+        parts.version = http::Version::HTTP_2;
+        // gRPC needs `te: trailers`; the other hop-by-hop headers never apply to HTTP/2.
+        for name in HOP_BY_HOP.iter().filter(|name| **name != "te") {
+            parts.headers.remove(*name);
+        }
+        parts.headers.remove(http::header::HOST);
+        let sent = self.h2c.request(Request::from_parts(parts, body));
+        let response = match limit {
+            Some(limit) => match timeout(limit, sent).await {
+                Ok(result) => result,
+                Err(_) => return Err(InvokeError::DeadlineExceeded(limit)),
+            },
+            None => sent.await,
+        };
+        let response = response.map_err(|e| InvokeError::WorkerFailed(format!("upstream gRPC request failed: {e}")))?;
+        Ok(response.map(|body| body.map_err(std::io::Error::other).boxed_unsync()))
     }
 
     /// Forwards one request. `X-Timeout` may shorten the deadline, never lengthen it past `exec_timeout`.

@@ -533,6 +533,17 @@ impl Config {
             }
         };
         let grpc_descriptor_set = r.get("grpc_descriptor_set").map(PathBuf::from);
+        if let Some(path) = &grpc_descriptor_set {
+            // Checked now so a bad file stops start-up (exit 2) instead of silently serving without the services.
+            let invalid = |reason: String| ConfigError::Invalid {
+                variable: "grpc_descriptor_set",
+                value: path.display().to_string(),
+                reason,
+            };
+            let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read it: {e}")))?;
+            <prost_types::FileDescriptorSet as prost::Message>::decode(bytes.as_slice())
+                .map_err(|e| invalid(format!("not an encoded FileDescriptorSet: {e}")))?;
+        }
         let grpc_max_message_bytes = r.strict_number::<usize>("grpc_max_message_bytes", 4 * 1024 * 1024)?;
         if grpc_max_message_bytes == 0 {
             return Err(ConfigError::Invalid {

@@ -186,6 +186,9 @@ fn tmpdir_places_the_lock_file() {
 
 #[test]
 fn new_variables_are_parsed() {
+    // An empty file is a valid (empty) FileDescriptorSet.
+    let fds = tempfile::NamedTempFile::new().unwrap();
+    let fds_path = fds.path().to_str().unwrap().to_string();
     let (c, _) = parse(&[
         ("fprocess", "cat"),
         ("metrics_port", "0"),
@@ -195,7 +198,7 @@ fn new_variables_are_parsed() {
         ("ce_reply_source", "/src"),
         ("ce_reply_type", "t.reply"),
         ("log_format", "json"),
-        ("grpc_descriptor_set", "/fds.bin"),
+        ("grpc_descriptor_set", &fds_path),
         ("grpc_max_message_bytes", "1024"),
     ]);
     assert_eq!(c.metrics_port, None);
@@ -205,7 +208,7 @@ fn new_variables_are_parsed() {
     assert_eq!(c.ce_reply_source, "/src");
     assert_eq!(c.ce_reply_type.as_deref(), Some("t.reply"));
     assert_eq!(c.log_format, LogFormat::Json);
-    assert_eq!(c.grpc_descriptor_set, Some(PathBuf::from("/fds.bin")));
+    assert_eq!(c.grpc_descriptor_set, Some(PathBuf::from(&fds_path)));
     assert_eq!(c.grpc_max_message_bytes, 1024);
 }
 
@@ -220,6 +223,8 @@ fn invalid_new_variables_name_the_variable() {
         ("cloudevents", "on"),
         ("log_format", "xml"),
         ("grpc_max_message_bytes", "0"),
+        ("grpc_descriptor_set", "/no/such/descriptor.binpb"),
+        ("grpc_descriptor_set", "/proc/self/status"),
     ] {
         let err = parse_err(&[("fprocess", "cat"), (var, value)]);
         assert!(err.to_string().contains(var), "{var}={value}: {err}");

@@ -4,6 +4,7 @@
 
 pub mod cloudevents;
 pub mod conn;
+pub mod grpc;
 mod http;
 mod probe;
 
@@ -29,13 +30,15 @@ pub struct Ingress {
     backend: Backend,
     metrics: Arc<Metrics>,
     limiter: ConcurrencyLimiter,
+    grpc: grpc::GrpcState,
 }
 
 impl Ingress {
     /// An ingress serving `backend`.
     pub fn new(config: Arc<Config>, lifecycle: Arc<Lifecycle>, backend: Backend, metrics: Arc<Metrics>) -> Ingress {
         let limiter = ConcurrencyLimiter::new(config.max_inflight);
-        Ingress { config, lifecycle, backend, metrics, limiter }
+        let grpc = grpc::GrpcState::new(&config);
+        Ingress { config, lifecycle, backend, metrics, limiter, grpc }
     }
 
     /// The limits on reading a request body, starting now.
@@ -56,6 +59,9 @@ impl Ingress {
         }
         if path == "/_/ready" {
             return Ok(probe::ready(&self, req).await);
+        }
+        if grpc::is_grpc(req.headers()) {
+            return Ok(grpc::handle(self, req).await);
         }
         let start = Instant::now();
         let method = req.method().clone();

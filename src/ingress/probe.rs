@@ -34,23 +34,34 @@ pub fn health(lifecycle: &Lifecycle, method: &Method) -> Response<ResponseBody> 
         .expect("valid response")
 }
 
+/// Whether `/_/ready` would not answer 503: the backend can serve (else `Err(Some(why))`) and the watchdog is
+/// accepting with its lock file (else `Err(None)`). gRPC health's SERVING is exactly this.
+pub fn serving(ingress: &Ingress) -> Result<(), Option<String>> {
+    ingress.backend.readiness().map_err(Some)?;
+    if !ingress.lifecycle.healthy() {
+        return Err(None);
+    }
+    Ok(())
+}
+
 /// `GET /_/ready`: 503 when not accepting or the lock file is missing, 429 at `max_inflight`, the function's
 /// own answer to `GET <ready_path>` when configured, else 200.
 pub async fn ready(ingress: &Ingress, req: Request<Incoming>) -> Response<ResponseBody> {
     if req.method() != Method::GET {
         return status_only(StatusCode::METHOD_NOT_ALLOWED);
     }
-    // Before the lock file exists in http mode, say why no worker is ready.
-    if let Err(reason) = ingress.backend.readiness() {
-        return Response::builder()
-            .status(StatusCode::SERVICE_UNAVAILABLE)
-            .header(header::RETRY_AFTER, "1")
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(body::full(format!("{reason}\n")))
-            .expect("valid response");
-    }
-    if !ingress.lifecycle.healthy() {
-        return status_only(StatusCode::SERVICE_UNAVAILABLE);
+    match serving(ingress) {
+        Ok(()) => {}
+        // Before the lock file exists in http mode, say why no worker is ready.
+        Err(Some(reason)) => {
+            return Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .header(header::RETRY_AFTER, "1")
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(body::full(format!("{reason}\n")))
+                .expect("valid response");
+        }
+        Err(None) => return status_only(StatusCode::SERVICE_UNAVAILABLE),
     }
     if ingress.limiter.is_full() {
         return status_only(StatusCode::TOO_MANY_REQUESTS);

@@ -102,9 +102,16 @@ impl Server {
         !self.tmp.path().join(".lock").exists() && self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
 
+    /// Starts the shutdown sequence (SIGTERM) without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Runs the shutdown sequence and waits for `run` to return.
     pub async fn stop(mut self) {
-        let _ = self.shutdown.take().unwrap().send(());
+        self.begin_stop();
         self.handle.take().unwrap().await.unwrap().unwrap();
     }
 }

@@ -1,5 +1,5 @@
 //! Greeter: a gRPC service (`helloworld.Greeter`) served as a passthrough function, with prost messages.
-//! Unary `SayHello`, server-streaming `SayHelloMany` (declared so by the watchdog's `grpc_descriptor_set`).
+//! Unary `SayHello`, server-streaming `SayHelloStream` (declared so by the watchdog's `grpc_descriptor_set`).
 use std::time::Duration;
 
 use prost::Message;
@@ -19,6 +19,9 @@ struct HelloReply {
 
 async fn greeter(mut req: Request) -> Result<Reply, HandlerError> {
     let method = req.grpc_method().unwrap_or_default().to_owned();
+    if !matches!(method.as_str(), "/helloworld.Greeter/SayHello" | "/helloworld.Greeter/SayHelloStream") {
+        return Err(GrpcStatus::unimplemented(format!("no method {method}")).into());
+    }
     // A unary or server-streaming call has exactly one request message.
     let message = req.grpc_messages().await?.into_iter().next().unwrap_or_default();
     let request =
@@ -26,26 +29,21 @@ async fn greeter(mut req: Request) -> Result<Reply, HandlerError> {
     if request.name.is_empty() {
         return Err(GrpcStatus::invalid_argument("name is required").into());
     }
-    match method.as_str() {
-        "/helloworld.Greeter/SayHello" => {
-            Ok(Reply::bytes(HelloReply { message: format!("Hello {}", request.name) }.encode_to_vec()))
-        }
-        "/helloworld.Greeter/SayHelloMany" => {
-            // One message per item, each sent (and framed by the SDK) as soon as it is produced.
-            let replies = futures_util::stream::unfold(0, move |i| {
-                let name = request.name.clone();
-                async move {
-                    if i == 3 {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    Some((HelloReply { message: format!("Hello {name} #{i}") }.encode_to_vec(), i + 1))
-                }
-            });
-            Ok(Reply::stream(replies))
-        }
-        other => Err(GrpcStatus::unimplemented(format!("no method {other}")).into()),
+    if method == "/helloworld.Greeter/SayHello" {
+        return Ok(Reply::bytes(HelloReply { message: format!("Hello, {}!", request.name) }.encode_to_vec()));
     }
+    // SayHelloStream: one message per item, each sent (and framed by the SDK) as soon as it is produced.
+    let replies = futures_util::stream::unfold(0, move |i| {
+        let name = request.name.clone();
+        async move {
+            if i == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((HelloReply { message: format!("Hello, {name}! #{i}") }.encode_to_vec(), i + 1))
+        }
+    });
+    Ok(Reply::stream(replies))
 }
 
 #[tokio::main(flavor = "current_thread")]

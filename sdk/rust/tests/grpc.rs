@@ -22,7 +22,7 @@ use watchdog_sdk::{
 type Res = Result<Reply, HandlerError>;
 
 const GREETER_HELLO: &str = "/helloworld.Greeter/SayHello";
-const GREETER_MANY: &str = "/helloworld.Greeter/SayHelloMany";
+const GREETER_MANY: &str = "/helloworld.Greeter/SayHelloStream";
 const GREETER_CHAT: &str = "/helloworld.Greeter/Chat";
 const GREETER_COLLECT: &str = "/helloworld.Greeter/Collect";
 
@@ -57,7 +57,7 @@ fn pb_string_decode(b: &[u8]) -> String {
     String::from_utf8(b[2..2 + b[1] as usize].to_vec()).unwrap()
 }
 
-/// A Greeter: unary SayHello, server-streaming SayHelloMany, bidi Chat (answers each message as it arrives),
+/// A Greeter: unary SayHello, server-streaming SayHelloStream, bidi Chat (answers each message as it arrives),
 /// client-streaming Collect (joins every name).
 async fn greeter(mut req: Request) -> Res {
     let Some(call) = req.grpc() else { return Err(HandlerError::permanent("gRPC only")) };

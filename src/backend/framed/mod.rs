@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::Frame as BodyFrame;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
@@ -82,7 +82,12 @@ impl FramedBackend {
 
     /// Runs one request on a worker.
     pub async fn invoke(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        // The nearer of the configured deadline and the caller's own (gRPC's grpc-timeout).
+        let timeout = match (self.timeout, invocation.timeout) {
+            (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
+            (ours, theirs) => ours.or(theirs),
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
         let lease = match self.pool.lease(deadline).await {
             Ok(lease) => lease,
             Err(LeaseError::QueueFull) => return Err(InvokeError::QueueFull(self.queue_limit)),
@@ -95,7 +100,7 @@ impl FramedBackend {
         let head = match deadline {
             Some(deadline) => match timeout_at(deadline, events.recv()).await {
                 Ok(event) => event,
-                Err(_) => return Err(InvokeError::DeadlineExceeded(self.timeout.unwrap_or_default())),
+                Err(_) => return Err(InvokeError::DeadlineExceeded(timeout.unwrap_or_default())),
             },
             None => events.recv().await,
         };
@@ -138,6 +143,8 @@ impl FramedBackend {
             id,
             consumed: 0,
             deadline: deadline.map(|d| Box::pin(sleep_until(d))),
+            timeout: timeout.unwrap_or_default(),
+            trailers: head.trailers,
             finished: false,
             _lease: lease,
         };
@@ -152,6 +159,20 @@ fn socket_dir(tmp: &std::path::Path) -> std::io::Result<tempfile::TempDir> {
     let base = if tmp.as_os_str().len() + LONGEST_NAME <= 107 { tmp } else { std::path::Path::new("/tmp") };
     std::fs::create_dir_all(base)?;
     tempfile::Builder::new().prefix("watchdog-").tempdir_in(base)
+}
+
+/// Trailers from the worker (ResponseHead's and End's together) as an HTTP trailers map; invalid entries are
+/// dropped, as invalid response headers are.
+fn trailer_map(trailers: &[crate::envelope::Header]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for trailer in trailers {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(trailer.name.as_bytes()), HeaderValue::from_bytes(&trailer.value))
+        {
+            map.append(name, value);
+        }
+    }
+    map
 }
 
 fn function_error(kind: ErrorKind, message: String) -> InvokeError {
@@ -232,6 +253,10 @@ struct FramedBody {
     id: u64,
     consumed: usize,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The deadline's length, for the error.
+    timeout: Duration,
+    /// Trailers the ResponseHead carried; sent with End's at the end of the body.
+    trailers: Vec<crate::envelope::Header>,
     finished: bool,
     _lease: Lease,
 }
@@ -252,7 +277,7 @@ impl http_body::Body for FramedBody {
             if deadline.as_mut().poll(cx).is_ready() {
                 this.finished = true;
                 this.conn.cancel(this.id, "deadline exceeded");
-                return Poll::Ready(Some(Err(std::io::Error::other("deadline exceeded while streaming the response"))));
+                return Poll::Ready(Some(Err(std::io::Error::other(InvokeError::DeadlineExceeded(this.timeout)))));
             }
         }
         match this.events.poll_recv(cx) {
@@ -266,22 +291,34 @@ impl http_body::Body for FramedBody {
                 }
                 Poll::Ready(Some(Ok(BodyFrame::data(data))))
             }
-            Poll::Ready(Some(StreamEvent::End(_))) | Poll::Ready(None) => {
+            Poll::Ready(Some(StreamEvent::End(trailers))) => {
+                this.finished = true;
+                // gRPC status and metadata from the worker end the body as an HTTP trailers frame.
+                let mut all = std::mem::take(&mut this.trailers);
+                all.extend(trailers);
+                if all.is_empty() {
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Ok(BodyFrame::trailers(trailer_map(&all)))))
+            }
+            Poll::Ready(None) => {
                 this.finished = true;
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(StreamEvent::Error(_, message))) => {
+            // Failures travel typed inside the io::Error, so the gRPC layer can turn them into a status.
+            Poll::Ready(Some(StreamEvent::Error(kind, message))) => {
                 this.finished = true;
-                Poll::Ready(Some(Err(std::io::Error::other(format!("the function failed mid-response: {message}")))))
+                let error = function_error(kind, format!("the function failed mid-response: {message}"));
+                Poll::Ready(Some(Err(std::io::Error::other(error))))
             }
             Poll::Ready(Some(StreamEvent::Gone(reason))) => {
                 this.finished = true;
-                Poll::Ready(Some(Err(std::io::Error::other(reason))))
+                Poll::Ready(Some(Err(std::io::Error::other(InvokeError::WorkerFailed(reason)))))
             }
             Poll::Ready(Some(StreamEvent::Aborted(error))) => {
                 this.finished = true;
                 this.conn.cancel(this.id, "request aborted");
-                Poll::Ready(Some(Err(std::io::Error::other(error.to_string()))))
+                Poll::Ready(Some(Err(std::io::Error::other(error))))
             }
             Poll::Ready(Some(StreamEvent::Head(_))) => {
                 this.finished = true;
