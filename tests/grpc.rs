@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes};
 use common::{alive, script, Server};
 use futures_util::StreamExt;
+use ng_watchdog::envelope::pb::io::cloudevents::v1::cloud_event::cloud_event_attribute_value::Attr;
+use ng_watchdog::envelope::pb::io::cloudevents::v1::cloud_event::{CloudEventAttributeValue, Data};
+use ng_watchdog::envelope::pb::io::cloudevents::v1::{CloudEvent, CloudEventBatch};
+use ng_watchdog::envelope::pb::watchdog::v1::cloud_events_client::CloudEventsClient;
 use ng_watchdog::envelope::pb::watchdog::v1::function_client::FunctionClient;
 use ng_watchdog::envelope::pb::watchdog::v1::{Chunk, InvokeRequest};
 use tokio::sync::mpsc;
@@ -538,11 +542,70 @@ async fn http_and_grpc_interleave_on_one_port() {
     server.stop().await;
 }
 
+fn event(id: &str, kind: &str, data: &str) -> CloudEvent {
+    let mut event = CloudEvent {
+        id: id.into(),
+        source: "/grpc/tests".into(),
+        spec_version: "1.0".into(),
+        r#type: kind.into(),
+        data: Some(Data::TextData(data.into())),
+        ..Default::default()
+    };
+    event
+        .attributes
+        .insert("datacontenttype".into(), CloudEventAttributeValue { attr: Some(Attr::CeString("text/plain".into())) });
+    event.attributes.insert("priority".into(), CloudEventAttributeValue { attr: Some(Attr::CeInteger(7)) });
+    event
+}
+
+fn text_attr(event: &CloudEvent, name: &str) -> String {
+    ng_watchdog::cloudevent::attribute_text(&event.attributes[name])
+}
+
 #[tokio::test]
-async fn cloudevents_service_is_unimplemented_for_now() {
-    let server = classic("cat", &[]).await;
-    let status = raw_unary(&server, "/watchdog.v1.CloudEvents/Send", Bytes::new()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+async fn cloudevents_send_replies_like_http() {
+    let server = classic(r#"printf '%s|%s|%s|' "$CE_TYPE" "$CE_PRIORITY" "$Grpc_Method"; cat"#, &[]).await;
+    let mut client = CloudEventsClient::new(channel(&server).await);
+    let reply = client.send(event("e1", "com.example.made", "payload")).await.unwrap().into_inner().reply.unwrap();
+    assert_eq!(reply.r#type, "com.example.made.reply");
+    assert_eq!(reply.source, "/fwatchdog");
+    assert_eq!(reply.spec_version, "1.0");
+    assert!(!reply.id.is_empty() && reply.id != "e1");
+    assert_eq!(text_attr(&reply, "datacontenttype"), "text/plain");
+    assert_eq!(reply.data, Some(Data::TextData("com.example.made|7||payload".into())));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cloudevents_send_without_output_has_no_reply_and_failures_have_codes() {
+    let server = classic(r#"[ "$CE_TYPE" = fail ] && { echo oops >&2; exit 2; }; true"#, &[]).await;
+    let mut client = CloudEventsClient::new(channel(&server).await);
+    let response = client.send(event("e1", "quiet", "x")).await.unwrap().into_inner();
+    assert!(response.reply.is_none());
+    let status = client.send(event("e2", "fail", "x")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("exit status 2") && status.message().contains("oops"), "{status:?}");
+    let mut invalid = event("e3", "t", "x");
+    invalid.source.clear();
+    let status = client.send(invalid).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("source"), "{status:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cloudevents_send_batch_in_order_and_stops_at_the_first_failure() {
+    let server = classic(r#"echo "$CE_ID" >> "$DIR/order"; [ "$CE_ID" != bad ] && printf 'r-%s' "$CE_ID""#, &[]).await;
+    let mut client = CloudEventsClient::new(channel(&server).await);
+    let batch = CloudEventBatch { events: vec![event("a", "t", ""), event("b", "t", "")] };
+    let replies = client.send_batch(batch).await.unwrap().into_inner().replies;
+    let data: Vec<_> = replies.iter().map(|r| r.data.clone()).collect();
+    assert_eq!(data, [Some(Data::TextData("r-a".into())), Some(Data::TextData("r-b".into()))]);
+    let batch = CloudEventBatch { events: vec![event("c", "t", ""), event("bad", "t", ""), event("never", "t", "")] };
+    let status = client.send_batch(batch).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    let order = std::fs::read_to_string(server.tmp.path().join("order")).unwrap();
+    assert_eq!(order, "a\nb\nc\nbad\n");
     server.stop().await;
 }
 

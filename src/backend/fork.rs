@@ -161,12 +161,12 @@ impl ForkBackend {
         }
     }
 
-    /// Logs the function's stderr; for a gRPC call also keeps its last KiB for a failure's status message.
-    fn log_stderr(&self, process: &mut FunctionProcess, grpc: bool) -> StderrLog {
+    /// Logs the function's stderr; with `keep_tail` also keeps its last KiB for a failure's status message.
+    fn log_stderr(&self, process: &mut FunctionProcess, keep_tail: bool) -> StderrLog {
         let Some(stderr) = process.stderr.take() else {
             return StderrLog { tail: None, task: None };
         };
-        let tail = grpc.then(Tail::default);
+        let tail = keep_tail.then(Tail::default);
         let task = tokio::spawn(log_lines_keeping(stderr, "stderr", self.log_buffer_size, tail.clone()));
         StderrLog { tail, task: Some(task) }
     }
@@ -176,12 +176,13 @@ impl ForkBackend {
         let start = Instant::now();
         // A reply event or gRPC message is the function's stdout alone; stderr is only logged.
         let combine = self.style == ForkStyle::Classic && self.combine_output && invocation.envelope.http().is_some();
-        let grpc = invocation.envelope.grpc().is_some();
+        let plain_http = invocation.envelope.http().is_some();
         let mut process = self.spawn(&invocation, combine)?;
-        // A gRPC message reaches stdin raw, never wrapped in the marshal_request JSON.
-        let marshal = (self.style == ForkStyle::Classic && self.marshal_request && !grpc)
+        // A gRPC message or an event's data reaches stdin raw, never wrapped in the marshal_request JSON.
+        let marshal = (self.style == ForkStyle::Classic && self.marshal_request && plain_http)
             .then(|| cgi::marshal_prefix(&invocation.envelope));
-        let stderr = self.log_stderr(&mut process, grpc);
+        // A failed gRPC call or event delivery quotes the end of stderr, since stdout is not part of the answer.
+        let stderr = self.log_stderr(&mut process, !plain_http);
         let call_timeout = invocation.timeout;
         let call_deadline = call_timeout.map(|t| start + t);
         let mut call_timer = pin!(sleep_until(call_deadline.unwrap_or_else(far_future)));
@@ -218,7 +219,7 @@ impl ForkBackend {
                     exec_expired = true;
                     tracing::info!("Killing process: {}", self.argv.join(" "));
                     process.signal_group(Signal::SIGKILL);
-                    if self.style == ForkStyle::Classic || grpc {
+                    if self.style == ForkStyle::Classic || !plain_http {
                         let _ = process.wait().await;
                         return Err(InvokeError::ExecTimeout);
                     }

@@ -46,6 +46,21 @@ impl DeliveryError {
             bad @ DeliveryError::BadReply(_) => plain_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{bad}\n")),
         }
     }
+
+    /// The gRPC status for this failure (the `watchdog.v1.CloudEvents` service): an invalid event is
+    /// INVALID_ARGUMENT, a failed delivery the status of its cause, a function's own non-2xx answer maps by
+    /// gRPC's HTTP-to-gRPC table.
+    pub fn grpc_status(self) -> tonic::Status {
+        match self {
+            DeliveryError::Binding(error) => tonic::Status::invalid_argument(error.to_string()),
+            DeliveryError::Invoke(error) => error.grpc_status(),
+            DeliveryError::Declined(response) => {
+                let code = crate::error::grpc_code_for_http(response.status().as_u16());
+                tonic::Status::new(code, format!("the function answered HTTP {}", response.status()))
+            }
+            bad @ DeliveryError::BadReply(_) => tonic::Status::internal(bad.to_string()),
+        }
+    }
 }
 
 /// A reply event and its data, still streaming.
@@ -81,7 +96,7 @@ async fn binary(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Re
     if let Backend::Proxy(_) = ingress.backend {
         return proxy_unchanged(ingress, envelope, body, parts).await;
     }
-    let reply = deliver(ingress, envelope, event, body, parts).await?;
+    let reply = deliver(ingress, envelope, event, body, parts, None).await?;
     Ok(reply.map(binary_response).unwrap_or_else(accepted))
 }
 
@@ -93,8 +108,8 @@ async fn structured(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
             envelope::from_http(&parts, whole.len() as i64, ingress.backend.timeout()).map_err(InvokeError::from)?;
         return proxy_unchanged(ingress, envelope, body::request_from(whole), parts).await;
     }
-    let envelope = event_envelope(ingress, &parts, &event, data.len())?;
-    let reply = deliver(ingress, envelope, event, body::request_from(data), parts).await?;
+    let envelope = event_envelope(&parts, &event, data.len(), ingress.backend.timeout())?;
+    let reply = deliver(ingress, envelope, event, body::request_from(data), parts, None).await?;
     Ok(reply.map(binary_response).unwrap_or_else(accepted))
 }
 
@@ -108,8 +123,8 @@ async fn batch(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Res
     }
     let mut replies = Vec::new();
     for Parsed { event, data } in events {
-        let envelope = event_envelope(ingress, &parts, &event, data.len())?;
-        let reply = deliver(ingress, envelope, event, body::request_from(data), parts.clone()).await?;
+        let envelope = event_envelope(&parts, &event, data.len(), ingress.backend.timeout())?;
+        let reply = deliver(ingress, envelope, event, body::request_from(data), parts.clone(), None).await?;
         if let Some(reply) = reply {
             let data = collect_reply_data(reply.data).await?;
             replies.push((reply.event, data));
@@ -162,13 +177,13 @@ async fn read_whole(ingress: &Ingress, req: Request<Incoming>) -> Result<(::http
 
 /// The envelope of an event parsed from a body: the function sees the event's `datacontenttype` as its
 /// Content-Type and the data's length, not the structured document's.
-fn event_envelope(
-    ingress: &Ingress,
+pub(crate) fn event_envelope(
     parts: &::http::request::Parts,
     event: &CloudEvent,
     data_len: usize,
+    deadline: Option<std::time::Duration>,
 ) -> Result<Envelope, InvokeError> {
-    let mut envelope = envelope::from_http(parts, data_len as i64, ingress.backend.timeout())?;
+    let mut envelope = envelope::from_http(parts, data_len as i64, deadline)?;
     envelope
         .headers
         .retain(|h| !h.name.eq_ignore_ascii_case("content-type") && !h.name.eq_ignore_ascii_case("content-length"));
@@ -184,17 +199,19 @@ fn event_envelope(
 }
 
 /// Runs the function for one event and turns its answer into a reply event, or `None` when it accepted the
-/// event without output. Also used by the gRPC `CloudEvents` service, so both transports share the rules.
+/// event without output. Also used by the gRPC `CloudEvents` service, so both transports share the rules;
+/// `timeout` is a deadline the caller asked for (`grpc-timeout`).
 pub async fn deliver(
     ingress: &Ingress,
     envelope: Envelope,
     event: CloudEvent,
     body: RequestBody,
     head: ::http::request::Parts,
+    timeout: Option<std::time::Duration>,
 ) -> Result<Option<Reply>, DeliveryError> {
     let envelope = envelope.into_kind(Kind::Cloudevent(event.clone()));
     let limits = ingress.body_limits();
-    let invocation = Invocation { envelope, body, limits, head, timeout: None };
+    let invocation = Invocation { envelope, body, limits, head, timeout };
     let response = ingress.backend.invoke(invocation).await?;
     reply_from(ingress, &event, response).await
 }

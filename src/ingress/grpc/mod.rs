@@ -5,7 +5,7 @@
 //!  /grpc.health.v1.Health/*                 health      computed on demand from /_/ready's rule
 //!  /grpc.reflection.v1{,alpha}.ServerReflection/*  reflection  watchdog, health and user descriptors
 //!  /watchdog.v1.Function/*                  function    Invoke, InvokeStream → the function
-//!  /watchdog.v1.CloudEvents/*               UNIMPLEMENTED (seam for CloudEvents Send / SendBatch)
+//!  /watchdog.v1.CloudEvents/*               cloudevents Send, SendBatch → the function, HTTP's reply rules
 //!  /pkg.Service/Method                      passthrough raw message bytes → the function
 //! ```
 //!
@@ -13,6 +13,7 @@
 //! watchdog's own services (health, reflection) are treated like `/_/*` probes: never limited, never metered.
 //! Metrics label a gRPC call with the HTTP status its gRPC code stands for ([`http_status_for_grpc`]).
 
+mod cloudevents;
 mod codec;
 mod function;
 mod health;
@@ -83,7 +84,8 @@ impl GrpcState {
                 }
             });
         let methods = user.as_ref().map(passthrough::method_shapes).unwrap_or_default();
-        let mut services: HashSet<String> = ["".to_string(), "watchdog.v1.Function".to_string()].into();
+        let mut services: HashSet<String> =
+            ["".to_string(), "watchdog.v1.Function".to_string(), "watchdog.v1.CloudEvents".to_string()].into();
         services
             .extend(methods.keys().filter_map(|m| m.trim_start_matches('/').split_once('/')).map(|(s, _)| s.into()));
         let (reflection_v1, reflection_v1alpha) = reflection::services(user);
@@ -134,11 +136,7 @@ pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Res
     let response = match (&slot, route) {
         (None, _) => InvokeError::Overloaded { max: ingress.config.max_inflight }.grpc_status().into_http(),
         (Some(_), _) if matches!(ingress.backend, Backend::Proxy(_)) => proxy(&ingress, req).await,
-        // The seam for CloudEvents over gRPC: `Send` and `SendBatch` are answered here once that lands.
-        (Some(_), Route::CloudEvents) => {
-            Status::unimplemented(format!("{path}: the CloudEvents gRPC service is not available in this build"))
-                .into_http()
-        }
+        (Some(_), Route::CloudEvents) => cloudevents::serve(Arc::clone(&ingress), req).await,
         (Some(_), Route::Function) => function::serve(Arc::clone(&ingress), req).await,
         (Some(_), _) => passthrough::serve(Arc::clone(&ingress), req).await,
     };
