@@ -41,7 +41,7 @@ class Reply:
 
 
 class Watchdog:
-    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+    def __init__(self, tmp: Path, env: dict[str, str], wait_healthy: bool = True) -> None:
         if not FWATCHDOG.exists():
             raise RuntimeError(f"{FWATCHDOG} is missing: run `cargo build --locked --bin fwatchdog` first")
         self.tmp = tmp
@@ -59,18 +59,20 @@ class Watchdog:
             self.proc = subprocess.Popen(
                 [str(FWATCHDOG)], env=full, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-        self._wait_healthy()
+        self._wait_healthy(wait_healthy)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def _wait_healthy(self) -> None:
+    def _wait_healthy(self, healthy: bool = True) -> None:
+        """Waits for `/_/health` to answer 200 (or, with `healthy=False`, to answer at all)."""
         deadline = time.monotonic() + 20
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"fwatchdog exited with {self.proc.returncode}; log:\n{self.log()}")
             try:
-                if self.request("GET", "/_/health").status == 200:
+                status = self.request("GET", "/_/health").status
+                if status == 200 or not healthy:
                     return
             except OSError:
                 pass
@@ -111,20 +113,67 @@ class Watchdog:
 
 
 @pytest.fixture
-def watchdog(tmp_path):
-    """`watchdog(fprocess, **env)` starts a watchdog; every one started is stopped after the test."""
+def _watchdogs(tmp_path):
+    """Starts watchdogs (`start(fprocess, env, wait_healthy)`) and stops every one after the test."""
     started: list[Watchdog] = []
 
-    def start(fprocess: str, **env: str) -> Watchdog:
+    def start(fprocess: str, env: dict[str, str], wait_healthy: bool) -> Watchdog:
         d = tmp_path / f"wd{len(started)}"
         d.mkdir()
-        wd = Watchdog(d, {"fprocess": fprocess, **env})
+        wd = Watchdog(d, {"fprocess": fprocess, **env}, wait_healthy)
         started.append(wd)
         return wd
 
     yield start
     for wd in started:
         wd.stop()
+
+
+@pytest.fixture
+def watchdog(_watchdogs):
+    """`watchdog(fprocess, **env)` starts a watchdog and waits until it is healthy; every one started is stopped
+    after the test."""
+    return lambda fprocess, **env: _watchdogs(fprocess, env, True)
+
+
+@pytest.fixture
+def unready_watchdog(_watchdogs):
+    """`unready_watchdog(fprocess, **env)`: like `watchdog`, but waits only until it answers HTTP at all (e.g. an
+    http-mode function whose worker never becomes ready)."""
+    return lambda fprocess, **env: _watchdogs(fprocess, env, False)
+
+
+@pytest.fixture
+def grpc_channel():
+    """`grpc_channel(wd)` opens an insecure grpcio channel to the watchdog (no proxy); all are closed after the
+    test."""
+    import grpc
+
+    channels = []
+
+    def open_channel(wd: Watchdog):
+        channel = grpc.insecure_channel(f"127.0.0.1:{wd.port}", options=[("grpc.enable_http_proxy", 0)])
+        channels.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in channels:
+        channel.close()
+
+
+@pytest.fixture(scope="session")
+def grpc_greeter() -> str:
+    """The classic-mode greeter example (`examples/grpc_greeter.rs`): `$GRPC_GREETER`, else
+    target/debug/examples/grpc_greeter, built with `cargo build --locked --example grpc_greeter` when it is
+    missing or older than its source (`cargo test` and `cargo build --examples` also build it)."""
+    override = os.environ.get("GRPC_GREETER")
+    if override:
+        return override
+    binary = REPO / "target" / "debug" / "examples" / "grpc_greeter"
+    source = REPO / "examples" / "grpc_greeter.rs"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        subprocess.run(["cargo", "build", "--locked", "--example", "grpc_greeter"], cwd=REPO, check=True)
+    return str(binary)
 
 
 @pytest.fixture
