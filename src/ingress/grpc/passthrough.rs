@@ -1,6 +1,7 @@
 //! Any other method `/pkg.Service/Method`: the function gets the method name, the metadata and the raw request
 //! message bytes, and returns raw response bytes or a status. Unary unless `grpc_descriptor_set` says the method
-//! streams; a streaming call (either side) uses gRPC's own 5-byte framing on the function's input and output.
+//! streams. In the fork modes a streaming call (either side) uses gRPC's own 5-byte framing on the function's input
+//! and output (SPEC §5); a worker sees it only on the side that streams, as its envelope says.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,6 +23,7 @@ use tonic::{Status, Streaming};
 
 use super::codec::{self, Deframer, RawCodec};
 use super::{call_envelope, call_function, grpc_timeout, streamed_answer, unary_answer};
+use crate::backend::Backend;
 use crate::body::BoxError;
 use crate::envelope::pb::watchdog::v1::GrpcCall;
 use crate::envelope::Envelope;
@@ -137,11 +139,22 @@ impl StreamingService<Bytes> for Call {
         let call = self.clone();
         Box::pin(async move {
             let envelope = call.envelope(-1)?;
+            // A worker sees the framing only on a side that streams (its envelope says which); a forked function
+            // gets it on both sides once either streams (SPEC §5), as it has no envelope to tell it.
+            let worker = matches!(call.ingress.backend, Backend::Framed(_));
+            let request_framed = !worker || call.shape.client_streaming;
+            let response_framed = !worker || call.shape.server_streaming;
             let messages = request.into_inner();
-            let frames =
-                messages.map(|m| m.map(|m| Frame::data(codec::frame(&m))).map_err(|s| Box::new(s) as BoxError));
+            let frames = messages.map(move |m| {
+                m.map(|m| Frame::data(if request_framed { codec::frame(&m) } else { m }))
+                    .map_err(|s| Box::new(s) as BoxError)
+            });
             let body = StreamBody::new(frames).boxed_unsync();
             let response = call_function(&call.ingress, envelope, call.head, body, call.timeout).await?;
+            if !response_framed {
+                let (_, message) = unary_answer(response, call.max).await?;
+                return Ok(tonic::Response::new(futures_util::stream::once(async move { Ok(message) }).boxed()));
+            }
             if call.shape.server_streaming {
                 let pieces = streamed_answer(response, call.max).await?;
                 return Ok(tonic::Response::new(codec::messages(pieces, call.max)));
