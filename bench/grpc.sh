@@ -30,7 +30,7 @@ stop_server() {
 trap 'stop_server; rm -rf "$WORK"' EXIT
 
 if [[ $BIN == "$ROOT/target/release" && -z ${SKIP_BUILD:-} ]]; then
-    (cd "$ROOT" && cargo build --release --bin fwatchdog --example grpc_load --example grpc_echo \
+    (cd "$ROOT" && cargo build --release --bin fwatchdog --example grpc_load --example grpc_echo --example spawn_floor \
         && cargo build --release -p watchdog-sdk --example echo) >&2
 fi
 
@@ -71,7 +71,7 @@ measure() {
 
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
-declare -A RATIOS RESULTS
+declare -A RATIOS RESULTS RPS
 for ((round = 1; round <= ROUNDS; round++)); do
     read -r before _ _ < <(measure grpc-echo)
     for case in "${CASES[@]}"; do
@@ -79,6 +79,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         read -r after _ _ < <(measure grpc-echo)
         RATIOS[$case]+="$(awk -v r="$rps" -v a="$before" -v b="$after" 'BEGIN {printf "%.4f", r / ((a + b) / 2)}') "
         RESULTS[$case]+="$rps/$p50/$p99 "
+        RPS[$case]+="$rps "
         before=$after
     done
 done
@@ -86,3 +87,15 @@ printf '%-14s %12s %s\n' case 'median ratio' 'runs (calls/s/p50/p99)'
 for case in "${CASES[@]}"; do
     printf '%-14s %12s %s\n' "$case" "$(tr ' ' '\n' <<<"${RATIOS[$case]}" | grep . | median)" "${RESULTS[$case]}"
 done
+
+# The fork cases' ceiling: spawning `cat` per request, as fast as two threads can (bench/spawn_floor.rs).
+if [[ " ${CASES[*]} " == *" grpc-classic "* ]]; then
+    floors=""
+    for ((round = 1; round <= ROUNDS; round++)); do
+        floors+="$("$BIN/examples/spawn_floor" "$DURATION" 2>/dev/null) "
+    done
+    floor=$(tr ' ' '\n' <<<"$floors" | grep . | median)
+    classic=$(tr ' ' '\n' <<<"${RPS[grpc-classic]}" | grep . | median)
+    echo "spawn floor: $floor spawns/s (median of $ROUNDS); grpc-classic / spawn floor = $(awk -v c="$classic" -v f="$floor" 'BEGIN {printf "%.3f", c / f}')"
+fi
+echo "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
