@@ -644,23 +644,82 @@ async fn grpc_is_forwarded_to_an_upstream_over_h2c() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn passthrough_in_http_mode_with_the_rust_sdk_greeter() {
-    // Built by `cargo test --workspace` (or `cargo build --examples -p watchdog-sdk`) with the SDK's examples.
-    let exe = std::env::current_exe().unwrap();
-    let greeter = exe.parent().unwrap().parent().unwrap().join("examples").join("greeter");
-    assert!(greeter.exists(), "{} is missing: cargo test --workspace builds it", greeter.display());
-    let server = Server::start(&[("mode", "http"), ("fprocess", greeter.to_str().unwrap())]).await;
+/// A Node SDK greeter (messages are one string field, encoded by hand so no protobuf package is needed).
+const NODE_GREETER: &str = r#"
+const { serve, GrpcStatus, StatusCode } = require(process.env.SDK_NODE);
+const field = (s) => { const b = Buffer.from(s); return Buffer.concat([Buffer.from([0x0a, b.length]), b]); };
+const name = (m) => m.subarray(2, 2 + m[1]).toString();
+serve(async (request) => {
+  switch (request.grpcMethod) {
+    case '/helloworld.Greeter/SayHello':
+      return field(`Hello, ${name(request.grpcMessages()[0])}!`);
+    case '/helloworld.Greeter/SayHelloStream': {
+      const who = name(request.grpcMessages()[0]);
+      return (async function* () { for (let i = 0; i < 3; i++) yield field(`Hello, ${who}! #${i}`); })();
+    }
+    default:
+      throw new GrpcStatus(StatusCode.UNIMPLEMENTED, `no method ${request.grpcMethod}`);
+  }
+});
+"#;
+
+/// An http-mode server whose worker is `fprocess`, with the greeter's descriptor set, once a worker is ready.
+async fn sdk_greeter_server(tmp: tempfile::TempDir, fprocess: &str) -> Server {
+    let fds = tmp.path().join("greeter.binpb");
+    std::fs::write(&fds, greeter_descriptor_set()).unwrap();
+    let vars = [("mode", "http"), ("fprocess", fprocess), ("grpc_descriptor_set", fds.to_str().unwrap())];
+    let server = Server::start_in(tmp, &vars).await;
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.get(server.url("/_/ready")).send().await.unwrap().status() != 200 {
         assert!(Instant::now() < deadline, "the greeter never became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let reply = raw_unary(&server, "/helloworld.Greeter/SayHello", string_field("SDK")).await.unwrap();
+    server
+}
+
+/// SayHello, SayHelloStream (each reply unframed by the watchdog as the SDK framed it) and an unknown method.
+async fn greet(server: &Server) {
+    let reply = raw_unary(server, "/helloworld.Greeter/SayHello", string_field("SDK")).await.unwrap();
     assert_eq!(parse_string_field(&reply), "Hello, SDK!");
-    let status = raw_unary(&server, "/helloworld.Greeter/Nope", Bytes::new()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented, "404 maps to UNIMPLEMENTED: {status:?}");
+    let mut grpc = tonic::client::Grpc::new(channel(server).await);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/helloworld.Greeter/SayHelloStream");
+    let mut replies =
+        grpc.server_streaming(tonic::Request::new(string_field("stream")), path, Raw).await.unwrap().into_inner();
+    let mut texts = Vec::new();
+    while let Some(reply) = replies.next().await {
+        texts.push(parse_string_field(&reply.unwrap()));
+    }
+    assert_eq!(texts, ["Hello, stream! #0", "Hello, stream! #1", "Hello, stream! #2"]);
+    let status = raw_unary(server, "/helloworld.Greeter/Nope", Bytes::new()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+}
+
+#[tokio::test]
+async fn passthrough_in_http_mode_with_the_rust_sdk_greeter() {
+    // Built by `cargo test --workspace` (or `cargo build --examples -p watchdog-sdk`) with the SDK's examples.
+    let exe = std::env::current_exe().unwrap();
+    let greeter = exe.parent().unwrap().parent().unwrap().join("examples").join("greeter");
+    assert!(greeter.exists(), "{} is missing: cargo test --workspace builds it", greeter.display());
+    let server = sdk_greeter_server(tempfile::tempdir().unwrap(), greeter.to_str().unwrap()).await;
+    greet(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn passthrough_in_http_mode_with_the_node_sdk_greeter() {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/node");
+    assert!(sdk.join("node_modules").exists(), "sdk/node/node_modules is missing: scripts/test.sh installs it");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("greeter.js"), NODE_GREETER).unwrap();
+    let worker = script(
+        tmp.path(),
+        "worker.sh",
+        &format!("SDK_NODE={} exec node {}/greeter.js", sdk.display(), tmp.path().display()),
+    );
+    let server = sdk_greeter_server(tmp, worker.to_str().unwrap()).await;
+    greet(&server).await;
     server.stop().await;
 }
 

@@ -4,7 +4,7 @@
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-use super::{attribute_text, attributes, string_value, CloudEvent};
+use super::{attribute_text, string_value, CloudEvent};
 
 /// How a request carries an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +183,10 @@ fn percent_encode(text: &str) -> String {
         if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
     }
     out
@@ -280,10 +283,24 @@ fn is_rfc3339(s: &str) -> bool {
 /// be a header value.
 pub fn to_binary_headers(event: &CloudEvent) -> Result<Vec<(HeaderName, HeaderValue)>, BindingError> {
     let mut out = Vec::with_capacity(4 + event.attributes.len());
-    for (name, value) in attributes(event) {
+    let required = [
+        ("specversion", "ce-specversion", &event.spec_version),
+        ("id", "ce-id", &event.id),
+        ("source", "ce-source", &event.source),
+        ("type", "ce-type", &event.r#type),
+    ];
+    for (name, header, value) in required {
+        if !value.is_empty() {
+            out.push((HeaderName::from_static(header), encoded_value(name, value)?));
+        }
+    }
+    let mut rest: Vec<_> = event.attributes.iter().collect();
+    rest.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (name, value) in rest {
+        let value = attribute_text(value);
         if name == "datacontenttype" {
             let value = HeaderValue::from_str(&value)
-                .map_err(|_| BindingError::invalid(&name, "cannot be sent as a Content-Type header"))?;
+                .map_err(|_| BindingError::invalid(name, "cannot be sent as a Content-Type header"))?;
             out.push((CONTENT_TYPE, value));
             continue;
         }
@@ -293,12 +310,18 @@ pub fn to_binary_headers(event: &CloudEvent) -> Result<Vec<(HeaderName, HeaderVa
         let header_name = HeaderName::from_bytes(header.as_bytes())
             .ok()
             .filter(|h| !name.is_empty() && h.as_str() == header)
-            .ok_or_else(|| BindingError::invalid(&name, "cannot be sent as an HTTP header name"))?;
-        let value = HeaderValue::from_str(&percent_encode(&value))
-            .map_err(|_| BindingError::invalid(&name, "cannot be sent as an HTTP header value"))?;
-        out.push((header_name, value));
+            .ok_or_else(|| BindingError::invalid(name, "cannot be sent as an HTTP header name"))?;
+        out.push((header_name, encoded_value(name, &value)?));
     }
     Ok(out)
+}
+
+/// A header value for attribute `name`: the text itself when nothing in it needs an escape, which is the
+/// common case, else its percent-encoding.
+fn encoded_value(name: &str, text: &str) -> Result<HeaderValue, BindingError> {
+    let plain = text.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%');
+    let value = if plain { HeaderValue::from_str(text) } else { HeaderValue::from_str(&percent_encode(text)) };
+    value.map_err(|_| BindingError::invalid(name, "cannot be sent as an HTTP header value"))
 }
 
 #[cfg(test)]

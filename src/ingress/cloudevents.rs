@@ -209,17 +209,42 @@ pub async fn deliver(
     head: ::http::request::Parts,
     timeout: Option<std::time::Duration>,
 ) -> Result<Option<Reply>, DeliveryError> {
-    let envelope = envelope.into_kind(Kind::Cloudevent(event.clone()));
+    let request = RequestFacts::of(&event);
+    let mut envelope = envelope.into_kind(Kind::Cloudevent(event));
+    if !matches!(ingress.backend, Backend::Fork(_)) {
+        // A worker has the attributes in the event; only a forked function needs them again as `Http_Ce_*`.
+        envelope.headers.retain(|h| !h.name.starts_with("ce-"));
+    }
     let limits = ingress.body_limits();
     let invocation = Invocation { envelope, body, limits, head, timeout };
     let response = ingress.backend.invoke(invocation).await?;
-    reply_from(ingress, &event, response).await
+    reply_from(ingress, &request, response).await
+}
+
+/// What the reply defaults need from the request event, so the event itself can move into the envelope.
+struct RequestFacts {
+    /// Its `type`.
+    kind: String,
+    /// Its `specversion`.
+    spec_version: String,
+    /// Its `datacontenttype`, if any.
+    datacontenttype: Option<String>,
+}
+
+impl RequestFacts {
+    fn of(event: &CloudEvent) -> RequestFacts {
+        RequestFacts {
+            kind: event.r#type.clone(),
+            spec_version: event.spec_version.clone(),
+            datacontenttype: event.attributes.get("datacontenttype").map(cloudevent::attribute_text),
+        }
+    }
 }
 
 /// The reply rules of SPEC §6 applied to the function's answer.
 async fn reply_from(
     ingress: &Ingress,
-    request: &CloudEvent,
+    request: &RequestFacts,
     response: Response<ResponseBody>,
 ) -> Result<Option<Reply>, DeliveryError> {
     if !response.status().is_success() {
@@ -244,7 +269,7 @@ async fn reply_from(
 
 /// Completes a reply event: a fresh id, `ce_reply_source`, `ce_reply_type` (else the request's type +
 /// `.reply`), the request's spec version, and a `datacontenttype`.
-fn fill_defaults(ingress: &Ingress, request: &CloudEvent, content_type: Option<HeaderValue>, event: &mut CloudEvent) {
+fn fill_defaults(ingress: &Ingress, request: &RequestFacts, content_type: Option<HeaderValue>, event: &mut CloudEvent) {
     let config = &ingress.config;
     if event.id.is_empty() {
         event.id = uuid::Uuid::new_v4().to_string();
@@ -253,7 +278,7 @@ fn fill_defaults(ingress: &Ingress, request: &CloudEvent, content_type: Option<H
         event.source = config.ce_reply_source.clone();
     }
     if event.r#type.is_empty() {
-        event.r#type = config.ce_reply_type.clone().unwrap_or_else(|| format!("{}.reply", request.r#type));
+        event.r#type = config.ce_reply_type.clone().unwrap_or_else(|| format!("{}.reply", request.kind));
     }
     if event.spec_version.is_empty() {
         event.spec_version = request.spec_version.clone();
@@ -263,7 +288,7 @@ fn fill_defaults(ingress: &Ingress, request: &CloudEvent, content_type: Option<H
     }
     // A fork function's Content-Type is the watchdog's guess (`content_type`); an http-mode function's is its
     // own choice. Either way the request's datacontenttype is the fallback.
-    let requested = || request.attributes.get("datacontenttype").map(cloudevent::attribute_text);
+    let requested = || request.datacontenttype.clone();
     let chosen = match ingress.backend {
         Backend::Fork(_) => config.content_type.clone().or_else(requested),
         _ => content_type.and_then(|v| v.to_str().ok().map(String::from)).or_else(requested),
