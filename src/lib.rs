@@ -1,6 +1,5 @@
-//! ng-watchdog: one server in front of a function that accepts plain HTTP and gRPC (and, as it lands,
-//! CloudEvents) on one port and hands each request to the function, as a drop-in replacement for OpenFaaS's
-//! classic watchdog and of-watchdog.
+//! ng-watchdog: one server in front of a function that accepts plain HTTP, gRPC and CloudEvents on one port and
+//! hands each request to the function, as a drop-in replacement for OpenFaaS's classic watchdog and of-watchdog.
 //!
 //! # Layout
 //!
@@ -8,16 +7,18 @@
 //!  config      environment → Config (classic/of-watchdog variables and ours)
 //!    │
 //!  ingress     hyper HTTP/1.1 + h2c on one port; /_/health, /_/ready, max_inflight;
-//!    │         ingress::http turns a request into an Envelope; ingress::grpc (content-type application/grpc*)
-//!    │         serves watchdog.v1.Function, passthrough of any other method, health and reflection
-//!    │         (CloudEvents joins here)
+//!    │         ingress::http turns a request into an Envelope; ingress::cloudevents does so for an event
+//!    │         (binary, structured, batched; parsing in `cloudevent`, no I/O) and turns the answer into a
+//!    │         reply event; ingress::grpc (content-type application/grpc*) serves watchdog.v1.Function,
+//!    │         watchdog.v1.CloudEvents, passthrough of any other method, health and reflection
 //!  envelope    the typed request of proto/watchdog/v1 (SPEC §7), shared by every ingress and backend
 //!    │
 //!  backend     backend::fork runs one process per request (classic, streaming, serializing):
 //!    │         cgi (Http_* environment, marshal_request), process (process groups, Go's exit wording),
 //!    │         spill (output held until exit, on disk past a threshold), sniff (Go's content sniffing);
 //!    │         backend::framed runs long-lived workers (mode=http): codec (watchdog.v1 frames), connection
-//!    │         (one worker's socket and streams), pool (start, supervise, restart, lease)
+//!    │         (one worker's socket and streams), pool (start, supervise, restart, lease);
+//!    │         backend::proxy forwards to upstream_url; backend::static_files serves mode=static
 //!  error       every failure → status code and body, in one place
 //!  supervisor  lock file, health, the SIGTERM sequence;  reaper: orphan reaping when PID 1
 //!  metrics     Prometheus metrics on metrics_port;  logging: Go-style or JSON lines, non-blocking
