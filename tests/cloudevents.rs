@@ -22,6 +22,11 @@ fn binary(server: &Server, body: &'static str) -> reqwest::RequestBuilder {
         .body(body)
 }
 
+/// A POST of `body` with Content-Type `content_type` (structured and batched events).
+async fn post_as(server: &Server, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    client().post(server.url("/")).header("content-type", content_type).body(body).send().await.unwrap()
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or_else(|| panic!("no {name} header in {headers:?}"))
 }
@@ -145,13 +150,7 @@ async fn structured_mode_delivers_exact_json_data_and_decoded_base64() {
     let server = Server::start_in(tmp, &[("fprocess", f.to_str().unwrap())]).await;
     let doc = r#"{"specversion":"1.0","id":"s1","source":"/s","type":"t","time":"2024-01-01T00:00:00+05:30",
         "datacontenttype":"application/json","data":{"b": 2,  "a":[1, 2.50]}}"#;
-    let resp = client()
-        .post(server.url("/"))
-        .header("content-type", "Application/CloudEvents+JSON; charset=utf-8")
-        .body(doc)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_as(&server, "Application/CloudEvents+JSON; charset=utf-8", doc).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(resp.headers(), "ce-type"), "t.reply");
     assert_eq!(header(resp.headers(), "content-type"), "application/json");
@@ -159,9 +158,7 @@ async fn structured_mode_delivers_exact_json_data_and_decoded_base64() {
     assert_eq!(text, "{\"b\": 2,  \"a\":[1, 2.50]}\napplication/json|2024-01-01T00:00:00+05:30\n");
 
     let doc = r#"{"specversion":"1.0","id":"s2","source":"/s","type":"t","data_base64":"AAEC/w=="}"#;
-    let resp =
-        client().post(server.url("/")).header("content-type", "application/cloudevents+json").body(doc).send().await;
-    let bytes = resp.unwrap().bytes().await.unwrap();
+    let bytes = post_as(&server, "application/cloudevents+json", doc).await.bytes().await.unwrap();
     assert_eq!(&bytes[..5], &[0, 1, 2, 255, b'\n']);
     server.stop().await;
 }
@@ -169,21 +166,9 @@ async fn structured_mode_delivers_exact_json_data_and_decoded_base64() {
 #[tokio::test]
 async fn unsupported_structured_format_is_415_and_bad_json_400() {
     let server = Server::start(&[("fprocess", "cat")]).await;
-    let resp = client()
-        .post(server.url("/"))
-        .header("content-type", "application/cloudevents+xml")
-        .body("<event/>")
-        .send()
-        .await
-        .unwrap();
+    let resp = post_as(&server, "application/cloudevents+xml", "<event/>").await;
     assert_eq!(resp.status(), 415);
-    let resp = client()
-        .post(server.url("/"))
-        .header("content-type", "application/cloudevents+json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let resp = post_as(&server, "application/cloudevents+json", "{not json").await;
     assert_eq!(resp.status(), 400);
     server.stop().await;
 }
@@ -192,9 +177,7 @@ async fn unsupported_structured_format_is_415_and_bad_json_400() {
 async fn structured_body_over_the_limit_is_413() {
     let server = Server::start(&[("fprocess", "cat"), ("max_body_bytes", "100")]).await;
     let doc = format!(r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"{}"}}"#, "x".repeat(200));
-    let resp =
-        client().post(server.url("/")).header("content-type", "application/cloudevents+json").body(doc).send().await;
-    assert_eq!(resp.unwrap().status(), 413);
+    assert_eq!(post_as(&server, "application/cloudevents+json", doc).await.status(), 413);
     server.stop().await;
 }
 
@@ -243,13 +226,7 @@ async fn batch_invokes_each_event_in_order_and_replies_with_a_batch() {
     let doc = r#"[{"specversion":"1.0","id":"a","source":"/s","type":"t","data":"1"},
                  {"specversion":"1.0","id":"quiet","source":"/s","type":"t"},
                  {"specversion":"0.3","id":"b","source":"/s","type":"u","datacontenttype":"text/plain","data":"2"}]"#;
-    let resp = client()
-        .post(server.url("/"))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(doc)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_as(&server, "application/cloudevents-batch+json", doc).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(resp.headers(), "content-type"), "application/cloudevents-batch+json");
     let replies: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
@@ -273,13 +250,7 @@ async fn batch_stops_at_the_first_failing_event() {
     let doc = r#"[{"specversion":"1.0","id":"ok","source":"/s","type":"t"},
                  {"specversion":"1.0","id":"bad","source":"/s","type":"t"},
                  {"specversion":"1.0","id":"never","source":"/s","type":"t"}]"#;
-    let resp = client()
-        .post(server.url("/"))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(doc)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_as(&server, "application/cloudevents-batch+json", doc).await;
     assert_eq!(resp.status(), 500);
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "ok\nbad\n");
     server.stop().await;

@@ -141,6 +141,19 @@ async fn raw_unary(server: &Server, method: &'static str, message: Bytes) -> Res
     grpc.unary(tonic::Request::new(message), path, Raw).await.map(|r| r.into_inner())
 }
 
+/// The greeter's server-streaming `SayHelloStream` for `name`: the texts of its replies.
+async fn say_hello_stream(server: &Server, name: &str) -> Result<Vec<String>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel(server).await);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/helloworld.Greeter/SayHelloStream");
+    let mut replies = grpc.server_streaming(tonic::Request::new(string_field(name)), path, Raw).await?.into_inner();
+    let mut texts = Vec::new();
+    while let Some(reply) = replies.next().await {
+        texts.push(parse_string_field(&reply?));
+    }
+    Ok(texts)
+}
+
 /// `helloworld.HelloRequest { name }` / `HelloReply { message }`: field 1, a string.
 fn string_field(text: &str) -> Bytes {
     let mut out = vec![0x0a, text.len() as u8];
@@ -249,15 +262,7 @@ async fn passthrough_unary_and_server_streaming_with_a_descriptor_set() {
     let reply = raw_unary(&server, "/helloworld.Greeter/SayHello", string_field("gRPC")).await.unwrap();
     assert_eq!(parse_string_field(&reply), "Hello, gRPC!");
 
-    let mut grpc = tonic::client::Grpc::new(channel(&server).await);
-    grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/helloworld.Greeter/SayHelloStream");
-    let mut replies =
-        grpc.server_streaming(tonic::Request::new(string_field("stream")), path, Raw).await.unwrap().into_inner();
-    let mut texts = Vec::new();
-    while let Some(reply) = replies.next().await {
-        texts.push(parse_string_field(&reply.unwrap()));
-    }
+    let texts = say_hello_stream(&server, "stream").await.unwrap();
     assert_eq!(texts, ["Hello #1, stream!", "Hello #2, stream!", "Hello #3, stream!"]);
 
     // An unknown method reaches the function too, which fails it: INTERNAL with its stderr.
@@ -682,15 +687,7 @@ async fn sdk_greeter_server(tmp: tempfile::TempDir, fprocess: &str) -> Server {
 async fn greet(server: &Server) {
     let reply = raw_unary(server, "/helloworld.Greeter/SayHello", string_field("SDK")).await.unwrap();
     assert_eq!(parse_string_field(&reply), "Hello, SDK!");
-    let mut grpc = tonic::client::Grpc::new(channel(server).await);
-    grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/helloworld.Greeter/SayHelloStream");
-    let mut replies =
-        grpc.server_streaming(tonic::Request::new(string_field("stream")), path, Raw).await.unwrap().into_inner();
-    let mut texts = Vec::new();
-    while let Some(reply) = replies.next().await {
-        texts.push(parse_string_field(&reply.unwrap()));
-    }
+    let texts = say_hello_stream(server, "stream").await.unwrap();
     assert_eq!(texts, ["Hello, stream! #0", "Hello, stream! #1", "Hello, stream! #2"]);
     let status = raw_unary(server, "/helloworld.Greeter/Nope", Bytes::new()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
