@@ -4,9 +4,7 @@
 
 use ::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use bytes::Bytes;
-use futures_util::{stream, StreamExt};
-use http_body::Frame;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::Ingress;
@@ -252,13 +250,9 @@ async fn reply_from(
     }
     let (mut parts, data) = response.into_parts();
     let own = parts.extensions.remove::<ReplyEvent>().map(|ReplyEvent(event)| event);
-    let data = match own {
-        Some(_) => data,
-        None => match non_empty(data).await? {
-            Some(data) => data,
-            None => return Ok(None),
-        },
-    };
+    if own.is_none() && accepted_without_reply(&ingress.backend, parts.status, &data) {
+        return Ok(None);
+    }
     let content_type = parts.headers.remove(header::CONTENT_TYPE);
     let mut event = own.unwrap_or_default();
     fill_defaults(ingress, request, content_type, &mut event);
@@ -298,22 +292,14 @@ fn fill_defaults(ingress: &Ingress, request: &RequestFacts, content_type: Option
     }
 }
 
-/// `Some(body)` when the body has at least one byte, else `None`; a body that fails is a function failure.
-async fn non_empty(mut data: ResponseBody) -> Result<Option<ResponseBody>, InvokeError> {
-    loop {
-        match data.frame().await {
-            None => return Ok(None),
-            Some(Err(error)) => return Err(InvokeError::Internal(format!("reading the function's output: {error}"))),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(chunk) if chunk.is_empty() => continue,
-                Ok(chunk) => {
-                    let first = stream::iter([Ok::<_, std::io::Error>(Frame::data(chunk))]);
-                    let rest = http_body_util::BodyStream::new(data);
-                    return Ok(Some(StreamBody::new(first.chain(rest)).boxed_unsync()));
-                }
-                Err(_) => continue,
-            },
-        }
+/// Whether the function accepted the event without a reply. A forked function's output is complete by now, so
+/// its size is known: no output, no reply. A worker says so itself with 202 (or 204), which the SDKs send for a
+/// handler that returns nothing; deciding from the head keeps its reply streaming instead of waiting for a
+/// first byte.
+fn accepted_without_reply(backend: &Backend, status: StatusCode, data: &ResponseBody) -> bool {
+    match backend {
+        Backend::Fork(_) => http_body::Body::size_hint(data).exact() == Some(0),
+        _ => matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT),
     }
 }
 
