@@ -314,20 +314,18 @@ async fn collect_reply_data(data: ResponseBody) -> Result<Bytes, InvokeError> {
 
 /// 200 with the reply event in binary mode.
 pub fn binary_response(reply: Reply) -> Response<ResponseBody> {
-    let mut response = Response::builder().status(StatusCode::OK);
-    let headers = response.headers_mut().expect("builder is fresh");
-    for (name, value) in reply.headers.iter() {
-        headers.append(name, value.clone());
-    }
-    match cloudevent::to_binary_headers(&reply.event) {
-        Ok(ce_headers) => {
-            for (name, value) in ce_headers {
-                headers.insert(name, value);
-            }
-        }
+    let ce_headers = match cloudevent::to_binary_headers(&reply.event) {
+        Ok(ce_headers) => ce_headers,
         Err(error) => return DeliveryError::BadReply(error).into_response(),
+    };
+    let mut response = Response::new(reply.data);
+    *response.headers_mut() = reply.headers;
+    let headers = response.headers_mut();
+    headers.reserve(ce_headers.len());
+    for (name, value) in ce_headers {
+        headers.insert(name, value);
     }
-    response.body(reply.data).expect("valid response")
+    response
 }
 
 /// 202: the event was accepted and there is no reply.
@@ -337,6 +335,9 @@ fn accepted() -> Response<ResponseBody> {
 
 /// Removes the function's own `ce-` headers: the reply event's attributes are the only ones sent.
 fn drop_ce_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| n.as_str().starts_with("ce-")) {
+        return;
+    }
     let names: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().starts_with("ce-")).cloned().collect();
     for name in names {
         headers.remove(name);
