@@ -15,6 +15,7 @@ pub mod static_files;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use http::Response;
 use tokio::time::Instant;
 
@@ -71,12 +72,14 @@ pub enum Backend {
 
 impl Backend {
     /// Runs one request and returns the function's answer or why there is none.
-    pub async fn invoke(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
+    pub fn invoke(&self, invocation: Invocation) -> BoxFuture<'_, Result<Response<ResponseBody>, InvokeError>> {
+        // Each backend's state machine (with the invocation inside) is kilobytes; boxed, the request's future,
+        // which hyper moves into a task per HTTP/2 stream, stays small instead of being copied whole.
         match self {
-            Backend::Fork(fork) => fork.invoke(invocation).await,
-            Backend::Framed(framed) => framed.invoke(invocation).await,
-            Backend::Proxy(proxy) => proxy.invoke(invocation).await,
-            Backend::Static(files) => files.invoke(invocation).await,
+            Backend::Fork(fork) => Box::pin(fork.invoke(invocation)),
+            Backend::Framed(framed) => Box::pin(framed.invoke(invocation)),
+            Backend::Proxy(proxy) => Box::pin(proxy.invoke(invocation)),
+            Backend::Static(files) => Box::pin(files.invoke(invocation)),
         }
     }
 
@@ -115,5 +118,27 @@ impl Backend {
             Backend::Proxy(proxy) => proxy.timeout(),
             Backend::Static(files) => files.timeout(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_invocation_future_is_a_pointer_not_a_state_machine() {
+        let config = crate::config::Config::from_pairs([("fprocess", "cat")]).unwrap();
+        let children = Arc::new(crate::reaper::ChildRegistry::new(false));
+        let backend = Backend::Fork(Arc::new(ForkBackend::new(&config, Default::default(), children)));
+        let (head, _) = http::Request::new(()).into_parts();
+        let invocation = Invocation {
+            envelope: Default::default(),
+            body: crate::body::request_from(""),
+            limits: BodyLimits { max_bytes: 0, read_deadline: None, read_timeout: Duration::ZERO },
+            head,
+            timeout: None,
+        };
+        let future = backend.invoke(invocation);
+        assert!(std::mem::size_of_val(&future) <= 16, "{} bytes", std::mem::size_of_val(&future));
     }
 }
