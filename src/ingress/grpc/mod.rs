@@ -65,10 +65,11 @@ pub struct GrpcState {
     methods: HashMap<String, MethodShape>,
     /// Service names health knows: "", the watchdog's Function service, and the user's services.
     services: HashSet<String>,
-    /// grpc.reflection.v1.
-    reflection_v1: Handler,
-    /// grpc.reflection.v1alpha.
-    reflection_v1alpha: Handler,
+    /// The user's descriptor set, for reflection.
+    user: Option<prost_types::FileDescriptorSet>,
+    /// grpc.reflection.v1 and v1alpha, built on first use: indexing the descriptors costs start-up time and
+    /// memory that a function nobody reflects on should not pay.
+    reflection: std::sync::OnceLock<(Handler, Handler)>,
 }
 
 impl GrpcState {
@@ -88,8 +89,12 @@ impl GrpcState {
             ["".to_string(), "watchdog.v1.Function".to_string(), "watchdog.v1.CloudEvents".to_string()].into();
         services
             .extend(methods.keys().filter_map(|m| m.trim_start_matches('/').split_once('/')).map(|(s, _)| s.into()));
-        let (reflection_v1, reflection_v1alpha) = reflection::services(user);
-        GrpcState { methods, services, reflection_v1, reflection_v1alpha }
+        GrpcState { methods, services, user, reflection: std::sync::OnceLock::new() }
+    }
+
+    /// The reflection services, built the first time they are asked for.
+    fn reflection(&self) -> &(Handler, Handler) {
+        self.reflection.get_or_init(|| reflection::services(self.user.clone()))
     }
 }
 
@@ -124,8 +129,8 @@ pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Res
     let route = Route::of(&path);
     match route {
         Route::Health => return convert(health::serve(Arc::clone(&ingress), req).await, |_, _| {}),
-        Route::ReflectionV1 => return convert((ingress.grpc.reflection_v1)(req).await, |_, _| {}),
-        Route::ReflectionV1alpha => return convert((ingress.grpc.reflection_v1alpha)(req).await, |_, _| {}),
+        Route::ReflectionV1 => return convert((ingress.grpc.reflection().0)(req).await, |_, _| {}),
+        Route::ReflectionV1alpha => return convert((ingress.grpc.reflection().1)(req).await, |_, _| {}),
         _ => {}
     }
     let start = Instant::now();
