@@ -50,6 +50,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::backend::{Backend, ForkBackend, FramedBackend, ProxyBackend, StaticBackend};
 use crate::config::{format_go_duration, Config, Mode};
@@ -58,15 +59,6 @@ use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::reaper::ChildRegistry;
 use crate::supervisor::Lifecycle;
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Largest request head accepted: the originals' 1 MiB of header bytes, plus room for the request line.
 const MAX_HEADER_BYTES: usize = (1 << 20) + 64 * 1024;
@@ -125,7 +117,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let metrics = Arc::new(Metrics::new());
     let children = Arc::new(ChildRegistry::new(std::process::id() == 1));
     let reaper = children.is_active().then(|| tokio::spawn(reaper::reap_orphans(Arc::clone(&children))));
-    let _stop_reaper = reaper.map(AbortOnDrop);
+    let _stop_reaper = reaper.map(AbortOnDropHandle::new);
     let backend = match config.mode {
         Mode::Classic | Mode::Streaming | Mode::Serializing => {
             Backend::Fork(Arc::new(ForkBackend::new(&config, lifecycle.terminate.clone(), Arc::clone(&children))))
@@ -176,7 +168,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
         Backend::Framed(_) | Backend::Proxy(_) => {
             let (backend, lifecycle, path) = (backend.clone(), Arc::clone(&lifecycle), config.lock_path());
-            Some(AbortOnDrop(tokio::spawn(async move {
+            Some(AbortOnDropHandle::new(tokio::spawn(async move {
                 backend.first_ready().await;
                 if let Err(e) = lifecycle.start() {
                     tracing::error!("cannot write {}: {e}", path.display());

@@ -17,6 +17,7 @@ use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::cgi::{self, Base64Stream, EnvFlavour};
 use super::logs::{log_lines_keeping, Tail};
@@ -115,11 +116,10 @@ impl ForkBackend {
                 let _ = reply.send(result);
             }
         });
-        let mut cancel = grpc.is_some().then(|| AbortOnDrop(Some(task.abort_handle())));
+        let cancel = grpc.is_some().then(|| AbortOnDropHandle::new(task));
         let result = answer.await;
-        if let Some(guard) = cancel.as_mut() {
-            guard.0 = None;
-        }
+        // Answered: the run goes on to its end (a streamed body still kills it when dropped early).
+        drop(cancel.map(AbortOnDropHandle::detach));
         result.unwrap_or_else(|_| Err(InvokeError::Internal("function task ended without an answer".into())))
     }
 
@@ -175,8 +175,8 @@ impl ForkBackend {
     async fn run_buffered(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
         let start = Instant::now();
         // A reply event or gRPC message is the function's stdout alone; stderr is only logged.
-        let combine = self.style == ForkStyle::Classic && self.combine_output && invocation.envelope.http().is_some();
         let plain_http = invocation.envelope.http().is_some();
+        let combine = self.style == ForkStyle::Classic && self.combine_output && plain_http;
         let mut process = self.spawn(&invocation, combine)?;
         // A gRPC message or an event's data reaches stdin raw, never wrapped in the marshal_request JSON.
         let marshal = (self.style == ForkStyle::Classic && self.marshal_request && plain_http)
@@ -426,17 +426,6 @@ impl ForkBackend {
             head = head.header(header::CONTENT_TYPE, ct);
         }
         head
-    }
-}
-
-/// Aborts a task when dropped, unless disarmed by taking the handle out.
-struct AbortOnDrop(Option<tokio::task::AbortHandle>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
     }
 }
 

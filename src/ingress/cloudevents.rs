@@ -102,9 +102,7 @@ async fn structured(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
     let (parts, whole) = read_whole(ingress, req).await?;
     let Parsed { event, data } = cloudevent::from_structured(&whole)?;
     if let Backend::Proxy(_) = ingress.backend {
-        let envelope =
-            envelope::from_http(&parts, whole.len() as i64, ingress.backend.timeout()).map_err(InvokeError::from)?;
-        return proxy_unchanged(ingress, envelope, body::request_from(whole), parts).await;
+        return proxy_whole(ingress, parts, whole).await;
     }
     let envelope = event_envelope(&parts, &event, data.len(), ingress.backend.timeout())?;
     let reply = deliver(ingress, envelope, event, body::request_from(data), parts, None).await?;
@@ -115,9 +113,7 @@ async fn batch(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Res
     let (parts, whole) = read_whole(ingress, req).await?;
     let events = cloudevent::from_batch(&whole)?;
     if let Backend::Proxy(_) = ingress.backend {
-        let envelope =
-            envelope::from_http(&parts, whole.len() as i64, ingress.backend.timeout()).map_err(InvokeError::from)?;
-        return proxy_unchanged(ingress, envelope, body::request_from(whole), parts).await;
+        return proxy_whole(ingress, parts, whole).await;
     }
     let mut replies = Vec::new();
     for Parsed { event, data } in events {
@@ -148,6 +144,17 @@ async fn proxy_unchanged(
 ) -> Result<Response<ResponseBody>, DeliveryError> {
     let invocation = Invocation { envelope, body, limits: ingress.body_limits(), head, timeout: None };
     Ok(ingress.backend.invoke(invocation).await?)
+}
+
+/// [`proxy_unchanged`] for a body already read whole (structured, batched) to validate it.
+async fn proxy_whole(
+    ingress: &Ingress,
+    parts: ::http::request::Parts,
+    whole: Bytes,
+) -> Result<Response<ResponseBody>, DeliveryError> {
+    let envelope =
+        envelope::from_http(&parts, whole.len() as i64, ingress.backend.timeout()).map_err(InvokeError::from)?;
+    proxy_unchanged(ingress, envelope, body::request_from(whole), parts).await
 }
 
 /// Reads a structured or batched body whole, within `max_body_bytes` (32 MiB when unlimited) and `read_timeout`.

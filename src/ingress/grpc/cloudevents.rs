@@ -26,10 +26,7 @@ pub(super) async fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> Resp
     let (head, body) = req.into_parts();
     let service = CloudEventsService { ingress, head: head.clone(), timeout };
     let mut server = CloudEventsServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
-    match tonic::codegen::Service::call(&mut server, Request::from_parts(head, body)).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    super::call_server(&mut server, Request::from_parts(head, body)).await
 }
 
 /// The CloudEvents service for one request (the envelope needs that request's head).

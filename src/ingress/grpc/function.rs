@@ -30,10 +30,7 @@ pub(super) async fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> Resp
     let (head, body) = req.into_parts();
     let service = FunctionService { ingress, head: head.clone(), timeout };
     let mut server = FunctionServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
-    match tonic::codegen::Service::call(&mut server, Request::from_parts(head, body)).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    super::call_server(&mut server, Request::from_parts(head, body)).await
 }
 
 /// The Function service for one request (it needs that request's head for the envelope).

@@ -20,10 +20,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// Answers one call to the Health service.
 pub(super) async fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> Response<tonic::body::Body> {
     let mut server = HealthServer::new(HealthService { ingress });
-    match tonic::codegen::Service::call(&mut server, req).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    super::call_server(&mut server, req).await
 }
 
 struct HealthService {

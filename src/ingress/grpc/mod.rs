@@ -178,6 +178,17 @@ async fn proxy(ingress: &Ingress, req: Request<Incoming>) -> Response<tonic::bod
     }
 }
 
+/// Calls a generated tonic server for one request; they never fail (every failure is a status).
+async fn call_server<S>(server: &mut S, req: Request<Incoming>) -> Response<tonic::body::Body>
+where
+    S: tonic::codegen::Service<Request<Incoming>, Response = Response<tonic::body::Body>, Error = Infallible>,
+{
+    match server.call(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
 /// The `grpc-timeout` header (`<digits><unit>`, units H M S m u n), if present and valid.
 pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let text = headers.get("grpc-timeout")?.to_str().ok()?;
