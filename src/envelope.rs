@@ -39,6 +39,17 @@ pub use pb::watchdog::v1::{envelope::Kind, Envelope, Header, HttpRequest, TraceC
 /// `Host` and `Transfer-Encoding` are carried in [`HttpRequest`] rather than in the header list, as Go's
 /// `net/http` moves them out of `Request.Header`; the classic watchdog's `Http_*` variables depend on that.
 pub fn from_http(parts: &Parts, content_length: i64, timeout: Option<Duration>) -> Result<Envelope, PathError> {
+    from_http_keeping(parts, content_length, timeout, |_| true)
+}
+
+/// [`from_http`] with only the headers `keep` accepts in the header list, so headers the function receives in
+/// another form (a CloudEvent's `ce-*` attributes) are never copied.
+pub fn from_http_keeping(
+    parts: &Parts,
+    content_length: i64,
+    timeout: Option<Duration>,
+    keep: impl Fn(&http::HeaderName) -> bool,
+) -> Result<Envelope, PathError> {
     let uri = &parts.uri;
     let path = percent_decode_path(uri.path())?;
     let host = uri
@@ -48,15 +59,24 @@ pub fn from_http(parts: &Parts, content_length: i64, timeout: Option<Duration>) 
         .unwrap_or_default();
     let transfer_encoding = header_str(&parts.headers, "transfer-encoding").unwrap_or_default();
     let chunked = !transfer_encoding.is_empty();
-    let headers = parts
-        .headers
-        .iter()
-        .filter(|(name, _)| {
-            *name != http::header::HOST
-                && *name != http::header::TRANSFER_ENCODING
-                && !(chunked && *name == http::header::CONTENT_LENGTH)
-        })
-        .map(|(name, value)| Header { name: name.as_str().to_string(), value: value.as_bytes().to_vec().into() })
+    let kept = |name: &http::HeaderName| {
+        *name != http::header::HOST
+            && *name != http::header::TRANSFER_ENCODING
+            && !(chunked && *name == http::header::CONTENT_LENGTH)
+            && keep(name)
+    };
+    // Every value is a slice of one buffer: one allocation for them all, and encoding a frame clones the
+    // slices without copying (a `Bytes` made from its own `Vec` would allocate again on its first clone).
+    let mut values = bytes::BytesMut::with_capacity(parts.headers.iter().map(|(_, v)| v.len()).sum());
+    let mut spans = Vec::with_capacity(parts.headers.len());
+    for (name, value) in parts.headers.iter().filter(|(name, _)| kept(name)) {
+        values.extend_from_slice(value.as_bytes());
+        spans.push((name, value.len()));
+    }
+    let mut values = values.freeze();
+    let headers = spans
+        .into_iter()
+        .map(|(name, len)| Header { name: name.as_str().to_string(), value: values.split_to(len) })
         .collect();
     Ok(Envelope {
         request_id: request_id(&parts.headers),
@@ -73,15 +93,33 @@ pub fn from_http(parts: &Parts, content_length: i64, timeout: Option<Duration>) 
             path: path.into(),
             query: uri.query().unwrap_or_default().to_string(),
             host,
-            version: format!("{:?}", parts.version),
+            version: version_name(parts.version).to_string(),
             transfer_encoding: transfer_encoding.split(',').next().unwrap_or_default().trim().to_string(),
         })),
     })
 }
 
+/// How `http::Version` prints itself (`HTTP/1.1`), without the formatting machinery.
+fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
 /// The request id: `X-Call-Id` when the caller sent one, else a fresh UUID.
 pub fn request_id(headers: &HeaderMap) -> String {
-    header_str(headers, "x-call-id").unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    header_str(headers, "x-call-id").unwrap_or_else(new_id)
+}
+
+/// A fresh random UUID in its hyphenated lower-case form, written without the formatting machinery.
+pub fn new_id() -> String {
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf).to_owned()
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {

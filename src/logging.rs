@@ -179,22 +179,49 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let function_line = event.metadata().target() == "function";
+        if !function_line {
+            // The common case (one access line per request) is written straight into the line buffer.
+            write!(writer, "{} ", GoTimestamp(SystemTime::now()))?;
+            let mut line = DirectFields { writer: &mut writer, rest: Vec::new(), result: Ok(()) };
+            event.record(&mut line);
+            let DirectFields { writer, rest, result } = line;
+            result?;
+            for (key, value) in &rest {
+                write!(writer, " {key}={value}")?;
+            }
+            return writeln!(writer);
+        }
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let function_line = event.metadata().target() == "function";
-        if function_line && !self.prefix_logs {
+        if !self.prefix_logs {
             return writeln!(writer, "{}", fields.message);
         }
-        write!(writer, "{} ", go_timestamp(SystemTime::now()))?;
-        if function_line {
-            let stream = fields.stream.as_deref().unwrap_or("stderr");
-            return writeln!(writer, "{stream}: {}", fields.message);
+        let stream = fields.stream.as_deref().unwrap_or("stderr");
+        writeln!(writer, "{} {stream}: {}", GoTimestamp(SystemTime::now()), fields.message)
+    }
+}
+
+/// Writes an event's message as it is recorded; other fields are kept to follow it as `key=value`.
+struct DirectFields<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    rest: Vec<(&'static str, String)>,
+    result: fmt::Result,
+}
+
+impl Visit for DirectFields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.result = self.result.and_then(|()| self.writer.write_str(value)),
+            name => self.rest.push((name, value.to_string())),
         }
-        write!(writer, "{}", fields.message)?;
-        for (key, value) in &fields.rest {
-            write!(writer, " {key}={value}")?;
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        match field.name() {
+            "message" => self.result = self.result.and_then(|()| write!(self.writer, "{value:?}")),
+            name => self.rest.push((name, format!("{value:?}"))),
         }
-        writeln!(writer)
     }
 }
 
@@ -224,11 +251,15 @@ impl Visit for Fields {
 }
 
 /// `YYYY/MM/DD HH:MM:SS` in UTC.
-fn go_timestamp(now: SystemTime) -> String {
-    let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86400, secs % 86400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!("{year:04}/{month:02}/{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+struct GoTimestamp(SystemTime);
+
+impl fmt::Display for GoTimestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let (days, rem) = (secs / 86400, secs % 86400);
+        let (year, month, day) = civil_from_days(days as i64);
+        write!(f, "{year:04}/{month:02}/{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    }
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -245,27 +276,33 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// of-watchdog's `units.HumanSize`: decimal units, four significant digits (`12B`, `1.049MB`).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
-    let mut size = bytes as f64;
-    let mut unit = 0;
-    while size >= 1000.0 && unit < UNITS.len() - 1 {
-        size /= 1000.0;
-        unit += 1;
-    }
-    format!("{}{}", format_g4(size), UNITS[unit])
-}
+/// of-watchdog's `units.HumanSize`: decimal units, four significant digits (`12B`, `1.049MB`). A `Display`
+/// value, so an access line formats it without allocating.
+pub struct HumanSize(pub u64);
 
-/// Go's `%.4g` for the values `human_size` produces (below 1000).
-fn format_g4(value: f64) -> String {
-    let digits_before = if value < 1.0 { 1 } else { (value.log10().floor() as usize) + 1 };
-    let decimals = 4usize.saturating_sub(digits_before);
-    let text = format!("{value:.decimals$}");
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        text
+impl fmt::Display for HumanSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
+        let mut size = self.0 as f64;
+        let mut unit = 0;
+        while size >= 1000.0 && unit < UNITS.len() - 1 {
+            size /= 1000.0;
+            unit += 1;
+        }
+        if unit == 0 {
+            // Whole bytes: `%.4g` of an integer below 1000 is the integer.
+            return write!(f, "{}B", self.0);
+        }
+        // Go's `%.4g` for a value below 1000: four significant digits, trailing zeros dropped.
+        let digits_before = if size < 1.0 { 1 } else { (size.log10().floor() as usize) + 1 };
+        let decimals = 4usize.saturating_sub(digits_before);
+        let mut buf = [0u8; 32];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        std::io::Write::write_fmt(&mut cursor, format_args!("{size:.decimals$}")).map_err(|_| fmt::Error)?;
+        let len = cursor.position() as usize;
+        let text = std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?;
+        let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { text };
+        write!(f, "{text}{}", UNITS[unit])
     }
 }
 
@@ -276,13 +313,14 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(go_timestamp(UNIX_EPOCH), "1970/01/01 00:00:00");
-        assert_eq!(go_timestamp(UNIX_EPOCH + Duration::from_secs(1_795_658_834)), "2026/11/26 02:07:14");
-        assert_eq!(go_timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000/02/29 00:00:00");
+        assert_eq!(GoTimestamp(UNIX_EPOCH).to_string(), "1970/01/01 00:00:00");
+        assert_eq!(GoTimestamp(UNIX_EPOCH + Duration::from_secs(1_795_658_834)).to_string(), "2026/11/26 02:07:14");
+        assert_eq!(GoTimestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)).to_string(), "2000/02/29 00:00:00");
     }
 
     #[test]
     fn human_sizes_like_go_units() {
+        let human_size = |bytes| HumanSize(bytes).to_string();
         assert_eq!(human_size(0), "0B");
         assert_eq!(human_size(12), "12B");
         assert_eq!(human_size(1234), "1.234kB");

@@ -22,26 +22,26 @@ const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 /// Labels of of-watchdog's HTTP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    /// Status code, e.g. "200".
-    pub code: String,
+    /// Status code, e.g. 200.
+    pub code: u16,
     /// Lower-case method, e.g. "post" (promhttp's convention), "unknown" for others.
-    pub method: String,
+    pub method: &'static str,
 }
 
 /// Labels of the per-protocol invocation counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InvocationLabels {
     /// http | grpc | cloudevent.
-    pub protocol: String,
+    pub protocol: &'static str,
     /// Status code.
-    pub code: String,
+    pub code: u16,
 }
 
 /// Label of the per-protocol duration histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabel {
     /// http | grpc | cloudevent.
-    pub protocol: String,
+    pub protocol: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -110,13 +110,13 @@ impl Metrics {
     }
 
     /// Records one finished request.
-    pub fn observe(&self, protocol: &str, method: &http::Method, code: u16, seconds: f64) {
-        let labels = HttpLabels { code: code.to_string(), method: method_label(method).to_string() };
+    pub fn observe(&self, protocol: &'static str, method: &http::Method, code: u16, seconds: f64) {
+        // Static and integer labels: recording a request allocates nothing once its series exists.
+        let labels = HttpLabels { code, method: method_label(method) };
         self.requests.get_or_create(&labels).inc();
         self.duration.get_or_create(&labels).observe(seconds);
-        let code = labels.code;
-        self.invocations.get_or_create(&InvocationLabels { protocol: protocol.to_string(), code }).inc();
-        self.invocation_duration.get_or_create(&ProtocolLabel { protocol: protocol.to_string() }).observe(seconds);
+        self.invocations.get_or_create(&InvocationLabels { protocol, code }).inc();
+        self.invocation_duration.get_or_create(&ProtocolLabel { protocol }).observe(seconds);
     }
 
     /// The OpenMetrics text exposition.

@@ -4,7 +4,9 @@
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-use super::{attribute_text, string_value, CloudEvent};
+use bytes::Bytes;
+
+use super::{attribute_text, string_value, CloudEvent, CloudEventAttributeValue};
 
 /// How a request carries an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,13 +72,21 @@ pub fn detect(method: &Method, headers: &HeaderMap) -> Result<Option<Mode>, Bind
         return Ok(None);
     }
     if let Some(content_type) = headers.get(CONTENT_TYPE) {
-        let media = media_type(content_type.as_bytes());
-        // The batch prefix extends the structured one, so it must be tried first.
-        if let Some(rest) = media.strip_prefix(BATCH_MEDIA_TYPE) {
-            return check_format(rest).map(|()| Some(Mode::Batch));
-        }
-        if let Some(rest) = media.strip_prefix(STRUCTURED_MEDIA_TYPE) {
-            return check_format(rest).map(|()| Some(Mode::Structured));
+        // Most POSTs are not events: look at the raw bytes before building the normalised media type.
+        let raw = content_type.as_bytes();
+        let start = raw.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(raw.len());
+        let maybe_event = raw[start..]
+            .get(..STRUCTURED_MEDIA_TYPE.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(STRUCTURED_MEDIA_TYPE.as_bytes()));
+        if maybe_event {
+            let media = media_type(raw);
+            // The batch prefix extends the structured one, so it must be tried first.
+            if let Some(rest) = media.strip_prefix(BATCH_MEDIA_TYPE) {
+                return check_format(rest).map(|()| Some(Mode::Batch));
+            }
+            if let Some(rest) = media.strip_prefix(STRUCTURED_MEDIA_TYPE) {
+                return check_format(rest).map(|()| Some(Mode::Structured));
+            }
         }
     }
     Ok(headers.contains_key(SPEC_VERSION_HEADER).then_some(Mode::Binary))
@@ -210,25 +220,32 @@ pub fn validate(event: &CloudEvent) -> Result<(), BindingError> {
             return Err(BindingError::invalid(name, "is missing or empty"));
         }
     }
-    // Sorted so the error names the same attribute whatever the map's order.
-    let mut names: Vec<&String> = event.attributes.keys().collect();
-    names.sort();
-    for name in names {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
-            return Err(BindingError::invalid(name, "is not a valid attribute name (only a-z and 0-9 are allowed)"));
-        }
-        // These have their own fields, or (data) are the payload in the JSON format; a copy here would clash.
-        if matches!(name.as_str(), "specversion" | "id" | "source" | "type" | "data") {
-            return Err(BindingError::invalid(name, "is a reserved name and cannot be an extension"));
-        }
+    // The first bad name in name order, so the error names the same attribute whatever the map's order.
+    let bad_name = event.attributes.keys().filter_map(|name| name_problem(name).map(|why| (name, why))).min();
+    if let Some((name, why)) = bad_name {
+        return Err(BindingError::invalid(name, why));
     }
     if let Some(time) = event.attributes.get("time") {
-        let text = attribute_text(time);
-        if !is_rfc3339(&text) {
+        let valid = match &time.attr {
+            Some(super::Attr::CeString(text)) => is_rfc3339(text),
+            _ => is_rfc3339(&attribute_text(time)),
+        };
+        if !valid {
+            let text = attribute_text(time);
             return Err(BindingError::invalid("time", format!("is {text:?}, not an RFC 3339 timestamp")));
         }
     }
     Ok(())
+}
+
+/// What is wrong with an attribute name in the attributes map, if anything.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        return Some("is not a valid attribute name (only a-z and 0-9 are allowed)");
+    }
+    // These have their own fields, or (data) are the payload in the JSON format; a copy here would clash.
+    matches!(name, "specversion" | "id" | "source" | "type" | "data")
+        .then_some("is a reserved name and cannot be an extension")
 }
 
 /// Whether `s` is an RFC 3339 `date-time` (section 5.6), with real calendar dates and leap seconds allowed.
@@ -279,29 +296,39 @@ fn is_rfc3339(s: &str) -> bool {
 }
 
 /// Binary-mode headers for a reply event: `ce-<name>` per attribute, percent-encoded, with `datacontenttype` as an
-/// unencoded `content-type`. Fails for a name that is not a lower-case header name or a Content-Type that cannot
-/// be a header value.
-pub fn to_binary_headers(event: &CloudEvent) -> Result<Vec<(HeaderName, HeaderValue)>, BindingError> {
+/// unencoded `content-type`. The event's strings become the header values without a copy. Fails for a name that
+/// is not a lower-case header name or a Content-Type that cannot be a header value.
+pub fn into_binary_headers(event: CloudEvent) -> Result<Vec<(HeaderName, HeaderValue)>, BindingError> {
     let mut out = Vec::with_capacity(4 + event.attributes.len());
+    write_binary_headers(event, |name, value| out.push((name, value)))?;
+    Ok(out)
+}
+
+/// [`into_binary_headers`], handing each header to `out` as it is made (straight into a response's map).
+pub fn write_binary_headers(
+    event: CloudEvent,
+    mut out: impl FnMut(HeaderName, HeaderValue),
+) -> Result<(), BindingError> {
     let required = [
-        ("specversion", "ce-specversion", &event.spec_version),
-        ("id", "ce-id", &event.id),
-        ("source", "ce-source", &event.source),
-        ("type", "ce-type", &event.r#type),
+        ("specversion", "ce-specversion", event.spec_version),
+        ("id", "ce-id", event.id),
+        ("source", "ce-source", event.source),
+        ("type", "ce-type", event.r#type),
     ];
     for (name, header, value) in required {
         if !value.is_empty() {
-            out.push((HeaderName::from_static(header), encoded_value(name, value)?));
+            out(HeaderName::from_static(header), encoded_value(name, value)?);
         }
     }
-    let mut rest: Vec<_> = event.attributes.iter().collect();
-    rest.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    // Name order, so the same event always gives the same headers; most replies have one attribute here.
+    let mut rest: Vec<_> = event.attributes.into_iter().collect();
+    rest.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (name, value) in rest {
-        let value = attribute_text(value);
+        let value = owned_text(value);
         if name == "datacontenttype" {
-            let value = HeaderValue::from_str(&value)
+            let value = HeaderValue::from_maybe_shared(Bytes::from(value))
                 .map_err(|_| BindingError::invalid(name, "cannot be sent as a Content-Type header"))?;
-            out.push((CONTENT_TYPE, value));
+            out(CONTENT_TYPE, value);
             continue;
         }
         let header = format!("ce-{name}");
@@ -310,18 +337,28 @@ pub fn to_binary_headers(event: &CloudEvent) -> Result<Vec<(HeaderName, HeaderVa
         let header_name = HeaderName::from_bytes(header.as_bytes())
             .ok()
             .filter(|h| !name.is_empty() && h.as_str() == header)
-            .ok_or_else(|| BindingError::invalid(name, "cannot be sent as an HTTP header name"))?;
-        out.push((header_name, encoded_value(name, &value)?));
+            .ok_or_else(|| BindingError::invalid(&name, "cannot be sent as an HTTP header name"))?;
+        out(header_name, encoded_value(&name, value)?);
     }
-    Ok(out)
+    Ok(())
+}
+
+/// An attribute's canonical text, moved out of the value when it is already a string.
+fn owned_text(value: CloudEventAttributeValue) -> String {
+    use super::Attr;
+    match value.attr {
+        Some(Attr::CeString(s) | Attr::CeUri(s) | Attr::CeUriRef(s)) => s,
+        _ => attribute_text(&value),
+    }
 }
 
 /// A header value for attribute `name`: the text itself when nothing in it needs an escape, which is the
 /// common case, else its percent-encoding.
-fn encoded_value(name: &str, text: &str) -> Result<HeaderValue, BindingError> {
+fn encoded_value(name: &str, text: String) -> Result<HeaderValue, BindingError> {
     let plain = text.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%');
-    let value = if plain { HeaderValue::from_str(text) } else { HeaderValue::from_str(&percent_encode(text)) };
-    value.map_err(|_| BindingError::invalid(name, "cannot be sent as an HTTP header value"))
+    let text = if plain { text } else { percent_encode(&text) };
+    HeaderValue::from_maybe_shared(Bytes::from(text))
+        .map_err(|_| BindingError::invalid(name, "cannot be sent as an HTTP header value"))
 }
 
 #[cfg(test)]
@@ -585,7 +622,7 @@ mod tests {
         e.id = "a b\"c%d".into();
         e.attributes.insert("subject".into(), string_value("café\u{7f}\t~!"));
         e.attributes.insert("datacontenttype".into(), string_value("text/plain; charset=\"utf-8\""));
-        let got: Vec<(String, String)> = to_binary_headers(&e)
+        let got: Vec<(String, String)> = into_binary_headers(e.clone())
             .unwrap()
             .into_iter()
             .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
@@ -607,11 +644,11 @@ mod tests {
         for name in ["Upper", "a b", "é", ""] {
             let mut e = event("1.0");
             e.attributes.insert(name.into(), string_value("x"));
-            assert_eq!(invalid_attribute(to_binary_headers(&e).unwrap_err()), name);
+            assert_eq!(invalid_attribute(into_binary_headers(e.clone()).unwrap_err()), name);
         }
         let mut e = event("1.0");
         e.attributes.insert("datacontenttype".into(), string_value("text/plain\r\nx: y"));
-        assert_eq!(invalid_attribute(to_binary_headers(&e).unwrap_err()), "datacontenttype");
+        assert_eq!(invalid_attribute(into_binary_headers(e.clone()).unwrap_err()), "datacontenttype");
     }
 
     #[test]
@@ -662,7 +699,7 @@ mod tests {
             e.attributes.insert("subject".into(), string_value(subject));
             e.attributes.insert("ext1".into(), string_value(ext));
             let mut map = HeaderMap::new();
-            for (name, value) in to_binary_headers(&e).unwrap() {
+            for (name, value) in into_binary_headers(e.clone()).unwrap() {
                 map.append(name, value);
             }
             prop_assert_eq!(from_binary(&map).unwrap(), e);

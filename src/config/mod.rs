@@ -127,6 +127,8 @@ pub struct Config {
     pub grpc_descriptor_set: Option<PathBuf>,
     /// Largest gRPC message, either direction (`grpc_max_message_bytes`).
     pub grpc_max_message_bytes: usize,
+    /// Threads of the watchdog's own runtime (`watchdog_threads`; 0: chosen by mode, see [`Config::runtime_threads`]).
+    pub watchdog_threads: usize,
     /// Directory of the lock file and temporary files (`TMPDIR`, else `/tmp`).
     pub tmp_dir: PathBuf,
     /// http-mode worker timing (restart backoff, pings); not an environment variable: tests shorten it.
@@ -281,6 +283,11 @@ pub const VARIABLES: &[VariableDoc] = &[
         name: "grpc_max_message_bytes",
         default: "4194304",
         meaning: "largest gRPC message in either direction",
+    },
+    VariableDoc {
+        name: "watchdog_threads",
+        default: "0",
+        meaning: "threads serving requests (0: one per CPU in fork modes, else 1, as the function does the work)",
     },
     VariableDoc { name: "TMPDIR", default: "/tmp", meaning: "directory of the lock file and of spilled output" },
 ];
@@ -553,6 +560,8 @@ impl Config {
             });
         }
 
+        let watchdog_threads = r.strict_number::<usize>("watchdog_threads", 0)?;
+
         let config = Config {
             mode,
             fprocess,
@@ -584,6 +593,7 @@ impl Config {
             log_format,
             grpc_descriptor_set,
             grpc_max_message_bytes,
+            watchdog_threads,
             tmp_dir,
             worker_timing: Default::default(),
         };
@@ -594,6 +604,19 @@ impl Config {
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_source(&map).map(|(config, _)| config)
+    }
+
+    /// How many threads the runtime should have; 0 means one per CPU. Fork modes default to one per CPU, as
+    /// starting a process blocks the thread that starts it until the child has called exec. Every other mode
+    /// defaults to one: the function's own processes do the work, and a single thread that forwards requests
+    /// spends nothing on waking other threads or moving tasks between them, which on a small container costs
+    /// more than a second thread gains (SPEC §4's benchmark: about a fifth more requests per second).
+    pub fn runtime_threads(&self) -> usize {
+        match self.watchdog_threads {
+            0 if self.mode.is_fork() => 0,
+            0 => 1,
+            n => n,
+        }
     }
 
     /// A timeout variable as a limit: zero means none.

@@ -200,8 +200,10 @@ fn new_variables_are_parsed() {
         ("log_format", "json"),
         ("grpc_descriptor_set", &fds_path),
         ("grpc_max_message_bytes", "1024"),
+        ("watchdog_threads", "4"),
     ]);
     assert_eq!(c.metrics_port, None);
+    assert_eq!(c.runtime_threads(), 4);
     assert_eq!(c.workers, 3);
     assert_eq!(c.max_body_bytes, 1_048_576);
     assert_eq!(c.cloudevents, CloudEventsMode::Off);
@@ -210,6 +212,19 @@ fn new_variables_are_parsed() {
     assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.grpc_descriptor_set, Some(PathBuf::from(&fds_path)));
     assert_eq!(c.grpc_max_message_bytes, 1024);
+}
+
+#[test]
+fn runtime_threads_follow_the_mode_unless_set() {
+    let threads = |pairs: &[(&str, &str)]| parse(pairs).0.runtime_threads();
+    // 0: one per CPU, for fork modes, whose thread blocks while a child starts.
+    for mode in ["classic", "streaming", "serializing"] {
+        assert_eq!(threads(&[("fprocess", "cat"), ("mode", mode)]), 0, "{mode}");
+    }
+    assert_eq!(threads(&[("fprocess", "cat"), ("mode", "http")]), 1);
+    assert_eq!(threads(&[("mode", "static")]), 1);
+    assert_eq!(threads(&[("fprocess", "cat"), ("mode", "http"), ("watchdog_threads", "3")]), 3);
+    assert_eq!(threads(&[("fprocess", "cat"), ("watchdog_threads", "1")]), 1);
 }
 
 #[test]
@@ -225,6 +240,8 @@ fn invalid_new_variables_name_the_variable() {
         ("grpc_max_message_bytes", "0"),
         ("grpc_descriptor_set", "/no/such/descriptor.binpb"),
         ("grpc_descriptor_set", "/proc/self/status"),
+        ("watchdog_threads", "-2"),
+        ("watchdog_threads", "many"),
     ] {
         let err = parse_err(&[("fprocess", "cat"), (var, value)]);
         assert!(err.to_string().contains(var), "{var}={value}: {err}");

@@ -89,7 +89,12 @@ async fn binary(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Re
     if max > 0 && content_length > max as i64 {
         return Err(InvokeError::BodyTooLarge { limit: max }.into());
     }
-    let envelope = envelope::from_http(&parts, content_length, ingress.backend.timeout()).map_err(InvokeError::from)?;
+    // A worker has the attributes in the event; only a forked function needs them again as `Http_Ce_*`.
+    let fork = matches!(ingress.backend, Backend::Fork(_));
+    let envelope = envelope::from_http_keeping(&parts, content_length, ingress.backend.timeout(), |name| {
+        fork || !name.as_str().starts_with("ce-")
+    })
+    .map_err(InvokeError::from)?;
     let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
     if let Backend::Proxy(_) = ingress.backend {
         return proxy_unchanged(ingress, envelope, body, parts).await;
@@ -214,7 +219,7 @@ pub async fn deliver(
     head: ::http::request::Parts,
     timeout: Option<std::time::Duration>,
 ) -> Result<Option<Reply>, DeliveryError> {
-    let request = RequestFacts::of(&event);
+    let request = RequestFacts::of(ingress, &event);
     let mut envelope = envelope.into_kind(Kind::Cloudevent(event));
     if !matches!(ingress.backend, Backend::Fork(_)) {
         // A worker has the attributes in the event; only a forked function needs them again as `Http_Ce_*`.
@@ -223,24 +228,28 @@ pub async fn deliver(
     let limits = ingress.body_limits();
     let invocation = Invocation { envelope, body, limits, head, timeout };
     let response = ingress.backend.invoke(invocation).await?;
-    reply_from(ingress, &request, response).await
+    reply_from(ingress, request, response).await
 }
 
 /// What the reply defaults need from the request event, so the event itself can move into the envelope.
 struct RequestFacts {
-    /// Its `type`.
-    kind: String,
-    /// Its `specversion`.
-    spec_version: String,
+    /// The reply's default `type`: `ce_reply_type`, else the request's type + `.reply`.
+    reply_type: String,
+    /// Its `specversion` (validated, so one of the two supported).
+    spec_version: &'static str,
     /// Its `datacontenttype`, if any.
     datacontenttype: Option<String>,
 }
 
 impl RequestFacts {
-    fn of(event: &CloudEvent) -> RequestFacts {
+    fn of(ingress: &Ingress, event: &CloudEvent) -> RequestFacts {
+        let reply_type = match &ingress.config.ce_reply_type {
+            Some(configured) => configured.clone(),
+            None => [event.r#type.as_str(), ".reply"].concat(),
+        };
         RequestFacts {
-            kind: event.r#type.clone(),
-            spec_version: event.spec_version.clone(),
+            reply_type,
+            spec_version: if event.spec_version == "0.3" { "0.3" } else { "1.0" },
             datacontenttype: event.attributes.get("datacontenttype").map(cloudevent::attribute_text),
         }
     }
@@ -249,7 +258,7 @@ impl RequestFacts {
 /// The reply rules of SPEC §6 applied to the function's answer.
 async fn reply_from(
     ingress: &Ingress,
-    request: &RequestFacts,
+    request: RequestFacts,
     response: Response<ResponseBody>,
 ) -> Result<Option<Reply>, DeliveryError> {
     if !response.status().is_success() {
@@ -270,29 +279,28 @@ async fn reply_from(
 
 /// Completes a reply event: a fresh id, `ce_reply_source`, `ce_reply_type` (else the request's type +
 /// `.reply`), the request's spec version, and a `datacontenttype`.
-fn fill_defaults(ingress: &Ingress, request: &RequestFacts, content_type: Option<HeaderValue>, event: &mut CloudEvent) {
+fn fill_defaults(ingress: &Ingress, request: RequestFacts, content_type: Option<HeaderValue>, event: &mut CloudEvent) {
     let config = &ingress.config;
     if event.id.is_empty() {
-        event.id = uuid::Uuid::new_v4().to_string();
+        event.id = envelope::new_id();
     }
     if event.source.is_empty() {
         event.source = config.ce_reply_source.clone();
     }
     if event.r#type.is_empty() {
-        event.r#type = config.ce_reply_type.clone().unwrap_or_else(|| format!("{}.reply", request.kind));
+        event.r#type = request.reply_type;
     }
     if event.spec_version.is_empty() {
-        event.spec_version = request.spec_version.clone();
+        event.spec_version = request.spec_version.to_string();
     }
     if event.attributes.contains_key("datacontenttype") {
         return;
     }
     // A fork function's Content-Type is the watchdog's guess (`content_type`); an http-mode function's is its
     // own choice. Either way the request's datacontenttype is the fallback.
-    let requested = || request.datacontenttype.clone();
     let chosen = match ingress.backend {
-        Backend::Fork(_) => config.content_type.clone().or_else(requested),
-        _ => content_type.and_then(|v| v.to_str().ok().map(String::from)).or_else(requested),
+        Backend::Fork(_) => config.content_type.clone().or(request.datacontenttype),
+        _ => content_type.and_then(|v| v.to_str().ok().map(String::from)).or(request.datacontenttype),
     };
     if let Some(ct) = chosen {
         event.attributes.insert("datacontenttype".into(), cloudevent::string_value(ct));
@@ -321,16 +329,14 @@ async fn collect_reply_data(data: ResponseBody) -> Result<Bytes, InvokeError> {
 
 /// 200 with the reply event in binary mode.
 pub fn binary_response(reply: Reply) -> Response<ResponseBody> {
-    let ce_headers = match cloudevent::to_binary_headers(&reply.event) {
-        Ok(ce_headers) => ce_headers,
-        Err(error) => return DeliveryError::BadReply(error).into_response(),
-    };
     let mut response = Response::new(reply.data);
     *response.headers_mut() = reply.headers;
     let headers = response.headers_mut();
-    headers.reserve(ce_headers.len());
-    for (name, value) in ce_headers {
+    headers.reserve(5);
+    if let Err(error) = cloudevent::write_binary_headers(reply.event, |name, value| {
         headers.insert(name, value);
+    }) {
+        return DeliveryError::BadReply(error).into_response();
     }
     response
 }

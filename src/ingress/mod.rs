@@ -108,7 +108,7 @@ impl Ingress {
                 tracing::info!(
                     target: "access",
                     "{method} {target} - {status} - ContentLength: {} ({seconds:.4}s)",
-                    crate::logging::human_size(sent)
+                    crate::logging::HumanSize(sent)
                 );
             }
         };

@@ -96,14 +96,31 @@ impl FramedBackend {
         let conn = Arc::clone(&lease.conn);
         let (id, shared, mut events) = conn.open(invocation.envelope);
         let mut guard = CancelOnDrop { conn: Arc::clone(&conn), id, armed: true };
-        tokio::spawn(pump_body(Arc::clone(&conn), id, Arc::clone(&shared), invocation.body, invocation.limits));
+        // The body is pumped from this task while the head is awaited: a small body is sent without a task of
+        // its own and the hops between tasks that would cost. Whatever is left once the head arrives (a worker
+        // that answers before reading everything) goes on in a task, beside the response.
+        let mut pump =
+            Box::pin(pump_body(Arc::clone(&conn), id, Arc::clone(&shared), invocation.body, invocation.limits));
+        let mut pumping = true;
+        let next_head = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    event = events.recv() => break event,
+                    () = &mut pump, if pumping => pumping = false,
+                }
+            }
+        };
         let head = match deadline {
-            Some(deadline) => match timeout_at(deadline, events.recv()).await {
+            Some(deadline) => match timeout_at(deadline, next_head).await {
                 Ok(event) => event,
                 Err(_) => return Err(InvokeError::DeadlineExceeded(timeout.unwrap_or_default())),
             },
-            None => events.recv().await,
+            None => next_head.await,
         };
+        if pumping {
+            tokio::spawn(pump);
+        }
         let head = match head {
             Some(StreamEvent::Head(head)) => head,
             Some(StreamEvent::Error(kind, message)) => {
@@ -124,16 +141,14 @@ impl FramedBackend {
             code => StatusCode::from_u16(code as u16)
                 .map_err(|_| InvokeError::WorkerFailed(format!("invalid status code {code}")))?,
         };
-        let mut response = Response::builder().status(status);
-        for header in &head.headers {
+        let mut headers = http::HeaderMap::with_capacity(head.headers.len());
+        for header in head.headers {
+            // The values are slices of the frame's buffer: taken as they are, without a copy.
             if let (Ok(name), Ok(value)) =
-                (HeaderName::from_bytes(header.name.as_bytes()), HeaderValue::from_bytes(&header.value))
+                (HeaderName::from_bytes(header.name.as_bytes()), HeaderValue::from_maybe_shared(header.value))
             {
-                response = response.header(name, value);
+                headers.append(name, value);
             }
-        }
-        if let Some(reply) = head.reply {
-            response = response.extension(super::ReplyEvent(reply));
         }
         guard.armed = false;
         let body = FramedBody {
@@ -148,7 +163,13 @@ impl FramedBackend {
             finished: false,
             _lease: lease,
         };
-        Ok(response.body(body.boxed_unsync()).expect("valid response"))
+        let mut response = Response::new(body.boxed_unsync());
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        if let Some(reply) = head.reply {
+            response.extensions_mut().insert(super::ReplyEvent(reply));
+        }
+        Ok(response)
     }
 }
 

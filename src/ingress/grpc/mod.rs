@@ -157,7 +157,7 @@ pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Res
                 target: "access",
                 "POST {path} - {status} - grpc-status: {} - ContentLength: {} ({seconds:.4}s)",
                 code as i32,
-                crate::logging::human_size(sent)
+                crate::logging::HumanSize(sent)
             );
         }
     };
