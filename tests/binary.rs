@@ -200,8 +200,7 @@ async fn json_logs() {
 
 #[tokio::test]
 async fn metrics_count_requests() {
-    let metrics_port = free_port();
-    let binary = Binary::start(&[("fprocess", "cat"), ("metrics_port", &metrics_port.to_string())]).await;
+    let (binary, metrics_port) = Binary::start_with_metrics(&[("fprocess", "cat")]).await;
     let client = reqwest::Client::new();
     for _ in 0..3 {
         client.post(binary.url("/")).body("x").send().await.unwrap();
@@ -339,8 +338,7 @@ async fn sigint_stops_at_once_and_terminates_running_functions() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_leaves_no_request_counted_in_flight() {
-    let metrics_port = free_port();
-    let binary = Binary::start(&[("fprocess", "sleep 1"), ("metrics_port", &metrics_port.to_string())]).await;
+    let (binary, metrics_port) = Binary::start_with_metrics(&[("fprocess", "sleep 1")]).await;
     let mut stream = tokio::net::TcpStream::connect(binary.addr()).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut stream, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         .await

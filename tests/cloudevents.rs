@@ -288,8 +288,7 @@ async fn reply_header_values_are_percent_encoded() {
 
 #[tokio::test]
 async fn cloudevents_count_as_their_own_protocol_in_metrics() {
-    let metrics_port = common::free_port();
-    let binary = Binary::start(&[("fprocess", "cat"), ("metrics_port", &metrics_port.to_string())]).await;
+    let (binary, metrics_port) = Binary::start_with_metrics(&[("fprocess", "cat")]).await;
     let resp = client()
         .post(binary.url("/"))
         .header("ce-specversion", "1.0")

@@ -616,8 +616,7 @@ async fn cloudevents_send_batch_in_order_and_stops_at_the_first_failure() {
 
 #[tokio::test]
 async fn grpc_calls_are_metered() {
-    let metrics = common::free_port().to_string();
-    let server = classic("cat", &[("metrics_port", &metrics)]).await;
+    let (server, metrics) = Server::start_with_metrics(&[("fprocess", "cat")]).await;
     let mut client = function(&server).await;
     client.invoke(invoke_request(b"x", "", &[])).await.unwrap();
     let text = reqwest::get(format!("http://127.0.0.1:{metrics}/metrics")).await.unwrap().text().await.unwrap();

@@ -34,7 +34,7 @@ impl Server {
 
     /// Starts a watchdog whose TMPDIR is `tmp` (so scripts can be put there first).
     pub async fn start_in(tmp: tempfile::TempDir, vars: &[(&str, &str)]) -> Server {
-        let server = Server::launch(tmp, vars).await;
+        let mut server = Server::launch(tmp, vars).await;
         server.wait_healthy().await;
         server
     }
@@ -84,18 +84,49 @@ impl Server {
         format!("http://{}{}", self.addr, path)
     }
 
-    async fn wait_healthy(&self) {
+    async fn wait_healthy(&mut self) {
+        if let Err(error) = self.try_wait_healthy().await {
+            panic!("watchdog did not become healthy: {error}");
+        }
+    }
+
+    /// Waits for `/_/health`; an error if `run` returned first (with its error) or after 10 s.
+    async fn try_wait_healthy(&mut self) -> Result<(), String> {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(r) = client.get(self.url("/_/health")).send().await {
                 if r.status() == 200 || self.lock_suppressed() {
-                    return;
+                    return Ok(());
                 }
             }
-            assert!(Instant::now() < deadline, "watchdog did not become healthy");
+            if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                let ended = self.handle.take().expect("checked").await.expect("run does not panic");
+                return Err(format!("run() returned {ended:?}"));
+            }
+            if Instant::now() >= deadline {
+                return Err("no 200 within 10 s".into());
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Starts a watchdog with metrics on a free port, returned with it. Another test can take a port between
+    /// [`free_port`] and the bind, so a lost race is retried with a new port.
+    pub async fn start_with_metrics(vars: &[(&str, &str)]) -> (Server, u16) {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let port_text = port.to_string();
+            let mut all = vars.to_vec();
+            all.push(("metrics_port", &port_text));
+            let mut server = Server::launch(tempfile::tempdir().unwrap(), &all).await;
+            match server.try_wait_healthy().await {
+                Ok(()) => return (server, port),
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("watchdog with metrics did not start: {last_error}");
     }
 
     fn lock_suppressed(&self) -> bool {
@@ -245,11 +276,53 @@ impl Binary {
         Binary::start_in(tmp, vars).await
     }
 
-    /// Starts the binary with TMPDIR `tmp`.
+    /// Starts the binary with TMPDIR `tmp`. A port that was free can be taken by another test before the binary
+    /// binds it; such a start is retried on a new port.
     pub async fn start_in(tmp: tempfile::TempDir, vars: &[(&str, &str)]) -> Binary {
-        let binary = Binary::spawn_in(tmp, vars);
-        binary.wait_healthy().await;
-        binary
+        let mut tmp = Some(tmp);
+        for _ in 0..5 {
+            let mut binary = Binary::spawn_in(tmp.take().expect("kept between tries"), vars);
+            match binary.try_wait_healthy().await {
+                Ok(()) => return binary,
+                Err(log) if log.contains("cannot listen") => tmp = Some(binary.tmp),
+                Err(log) => panic!("fwatchdog did not become healthy; log:\n{log}"),
+            }
+        }
+        panic!("fwatchdog never found a free port");
+    }
+
+    /// Starts the binary with metrics on a free port, returned with it (retried like [`Binary::start_in`]).
+    pub async fn start_with_metrics(vars: &[(&str, &str)]) -> (Binary, u16) {
+        for _ in 0..5 {
+            let port = free_port();
+            let port_text = port.to_string();
+            let mut all = vars.to_vec();
+            all.push(("metrics_port", &port_text));
+            let mut binary = Binary::spawn_in(tempfile::tempdir().unwrap(), &all);
+            match binary.try_wait_healthy().await {
+                Ok(()) => return (binary, port),
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("fwatchdog did not become healthy; log:\n{log}"),
+            }
+        }
+        panic!("fwatchdog never found free ports");
+    }
+
+    /// Polls `/_/health` until 200; the log as the error if the binary exits first or 20 s pass.
+    async fn try_wait_healthy(&mut self) -> Result<(), String> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(self.url("/_/health")).send().await {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if self.child.try_wait().ok().flatten().is_some() || Instant::now() >= deadline {
+                return Err(self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Starts the binary without waiting for it.
@@ -280,21 +353,6 @@ impl Binary {
     /// The main address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// Polls `/_/health` until 200.
-    pub async fn wait_healthy(&self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = client.get(self.url("/_/health")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "fwatchdog did not become healthy; log:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
     }
 
     /// The pid.

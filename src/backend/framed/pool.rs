@@ -470,3 +470,74 @@ async fn run_worker(pool: &Arc<PoolShared>, slot: usize, spec: &WorkerSpec, stop
     conn.fail_all(&reason);
     Outcome { reason, ready_for: ready_at.elapsed() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool whose single worker can never start, on paused time: its supervisor fails, backs off and retries
+    /// without any real waiting.
+    fn unstartable_pool(queue_limit: usize, dir: &Path) -> (Arc<WorkerPool>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let spec = WorkerSpec {
+            argv: vec!["/nonexistent/ngwd-worker".into()],
+            socket_dir: dir.to_path_buf(),
+            log_buffer_size: 64 * 1024,
+            children: Arc::new(ChildRegistry::new(false)),
+            metrics: Arc::clone(&metrics),
+            timing: Timing::default(),
+        };
+        (WorkerPool::start(1, queue_limit, spec), metrics)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restarts_back_off_doubling_up_to_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, metrics) = unstartable_pool(8, dir.path());
+        // Failures at 0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3, 12.7 and 25.5 s (each delay twice the last), then at
+        // 51.1 s after the 25.6 s delay is capped at 30 s, and 81.1 s.
+        sleep(Duration::from_millis(51_000)).await;
+        assert_eq!(metrics.worker_restarts.get(), 9);
+        sleep(Duration::from_millis(200)).await;
+        assert_eq!(metrics.worker_restarts.get(), 10);
+        sleep(Duration::from_millis(29_850)).await;
+        assert_eq!(metrics.worker_restarts.get(), 10, "the delay is capped at 30 s, not 51.2 s");
+        sleep(Duration::from_millis(100)).await;
+        assert_eq!(metrics.worker_restarts.get(), 11);
+        assert_eq!(metrics.workers_ready.get(), 0);
+        pool.shutdown(Duration::ZERO).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_waits_until_its_deadline_and_names_the_start_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = unstartable_pool(8, dir.path());
+        let start = Instant::now();
+        let Err(LeaseError::TimedOut(reason)) = pool.lease(Some(start + Duration::from_secs(5))).await else {
+            panic!("no worker can start, so the lease must time out");
+        };
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert!(reason.contains("cannot start") && reason.contains("/nonexistent/ngwd-worker"), "{reason}");
+        assert_eq!(pool.readiness().unwrap_err(), reason);
+        pool.shutdown(Duration::ZERO).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_beyond_the_queue_limit_are_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = unstartable_pool(1, dir.path());
+        let waiting = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { pool.lease(Some(Instant::now() + Duration::from_secs(10))).await.err() }
+        });
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        assert!(matches!(pool.lease(None).await, Err(LeaseError::QueueFull)));
+        assert_eq!(start.elapsed(), Duration::ZERO, "refused without waiting");
+        assert!(matches!(waiting.await.unwrap(), Some(LeaseError::TimedOut(_))));
+        // The first waiter gave up, so there is room again.
+        let again = pool.lease(Some(Instant::now() + Duration::from_secs(1))).await;
+        assert!(matches!(again, Err(LeaseError::TimedOut(_))));
+        pool.shutdown(Duration::ZERO).await;
+    }
+}
