@@ -51,7 +51,7 @@ fi
 command -v curl >/dev/null || die "curl is required"
 
 log "building (cargo build --release)"
-(cd "$ROOT" && cargo build --release --bin fwatchdog --example echo_server --example spawn_floor &&
+(cd "$ROOT" && cargo build --release --bin fwatchdog --example echo_server --example spawn_floor --example startup_probe &&
     cargo build --release -p watchdog-sdk --example echo)
 PYTHON_VENV=$ROOT/sdk/python/.venv
 if [[ " ${CASES[*]} " == *" http-python "* && ! -x $PYTHON_VENV/bin/python ]]; then
@@ -345,6 +345,11 @@ for case in "${CASES[@]}"; do
 done
 echo "start-up, probed from Python (no shell fork per try):"
 python3 "$BENCH/startup.py" "$BIN" 15 | sed 's/^/  /'
+echo "start-up, probed from bench/startup_probe.rs (no interpreter in the measured path):"
+env -i PATH="$PATH" fprocess=cat metrics_port=0 healthcheck_interval=0 \
+    "$BIN/examples/startup_probe" 15 /_/health -- "$BIN/fwatchdog" | sed 's/^/  fwatchdog  /'
+env -i PATH="$PATH" "$BIN/examples/startup_probe" 15 / -- "$BIN/examples/echo_server" '{port}' |
+    sed 's/^/  baseline   /'
 echo "non-2xx responses: $TOTAL_NON2XX, socket errors: $TOTAL_SOCKERR, unexpected fwatchdog log lines: $LOG_ODD"
 echo "(rps, p50, p99, cpu: medians over runs; ratio: median over rounds of case rps / mean of the"
 echo " baseline runs before and after; peak: max VmHWM; cpu: the server's own utime+stime per request;"

@@ -357,3 +357,22 @@ async fn a_client_that_disconnects_leaves_no_request_counted_in_flight() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// SPEC §1: the binary runs in scratch and distroless images, so it must not ask for a dynamic loader (an ELF
+/// `PT_INTERP` program header), and is a plain executable, with nothing to relocate at start-up.
+#[test]
+fn the_binary_is_statically_linked() {
+    let elf = std::fs::read(env!("CARGO_BIN_EXE_fwatchdog")).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert_eq!(elf[4], 2, "a 64-bit ELF");
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap());
+    let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
+    const ET_EXEC: u16 = 2;
+    const PT_INTERP: u32 = 3;
+    assert_eq!(u16_at(16), ET_EXEC, "an executable, not a position-independent (relocated) one");
+    let (table, entry_size, entries) = (u64_at(32) as usize, usize::from(u16_at(54)), usize::from(u16_at(56)));
+    let types: Vec<u32> = (0..entries).map(|i| u32_at(table + i * entry_size)).collect();
+    assert!(!types.is_empty(), "program headers");
+    assert!(!types.contains(&PT_INTERP), "the binary names a dynamic loader: {types:?}");
+}
