@@ -154,7 +154,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     tracing::info!("Listening on port: {port}");
     let stop_accepting = CancellationToken::new();
     let server = connection_builder(&config);
-    let accept_loop = tokio::spawn(accept(listener, server, Arc::clone(&ingress), stop_accepting.clone()));
+    let read_cap = if config.mode.is_fork() { ingress::conn::FORK_READ_CAP } else { ingress::conn::READ_CAP };
+    let accept_loop = tokio::spawn(accept(listener, server, Arc::clone(&ingress), read_cap, stop_accepting.clone()));
 
     // The lock file says "ready": written at once for fork modes, once the first worker is ready in http mode.
     let lock_error = |source| Error::LockFile { path: config.lock_path().display().to_string(), source };
@@ -229,6 +230,7 @@ async fn accept(
     listener: TcpListener,
     server: auto::Builder<TokioExecutor>,
     ingress: Arc<Ingress>,
+    read_cap: usize,
     stop: CancellationToken,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
@@ -248,7 +250,8 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let ingress = Arc::clone(&ingress);
         let service = hyper::service::service_fn(move |req| Arc::clone(&ingress).handle(req));
-        let connection = server.serve_connection_with_upgrades(TokioIo::new(CappedReads(stream)), service);
+        let connection =
+            server.serve_connection_with_upgrades(TokioIo::new(CappedReads { stream, cap: read_cap }), service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             let _ = connection.await;
