@@ -333,6 +333,7 @@ impl ForkBackend {
                     let chunk = buf.split().freeze();
                     buf.reserve(READ_CHUNK);
                     if let Some(reply) = reply.take() {
+                        // One chunk queued per request: with many concurrent streams, more is only memory.
                         let (tx, rx) = mpsc::channel(1);
                         let _ = reply.send(Ok(self.streaming_head().body(body::from_channel(rx)).expect("valid response")));
                         sink = Some(tx);

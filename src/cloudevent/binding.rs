@@ -295,16 +295,10 @@ fn is_rfc3339(s: &str) -> bool {
     }
 }
 
-/// Binary-mode headers for a reply event: `ce-<name>` per attribute, percent-encoded, with `datacontenttype` as an
-/// unencoded `content-type`. The event's strings become the header values without a copy. Fails for a name that
-/// is not a lower-case header name or a Content-Type that cannot be a header value.
-pub fn into_binary_headers(event: CloudEvent) -> Result<Vec<(HeaderName, HeaderValue)>, BindingError> {
-    let mut out = Vec::with_capacity(4 + event.attributes.len());
-    write_binary_headers(event, |name, value| out.push((name, value)))?;
-    Ok(out)
-}
-
-/// [`into_binary_headers`], handing each header to `out` as it is made (straight into a response's map).
+/// Binary-mode headers for a reply event, handed to `out` as they are made (straight into a response's map):
+/// `ce-<name>` per attribute, percent-encoded, with `datacontenttype` as an unencoded `content-type`. The
+/// event's strings become the header values without a copy. Fails for a name that is not a lower-case header
+/// name or a Content-Type that cannot be a header value.
 pub fn write_binary_headers(
     event: CloudEvent,
     mut out: impl FnMut(HeaderName, HeaderValue),
@@ -365,6 +359,13 @@ fn encoded_value(name: &str, text: String) -> Result<HeaderValue, BindingError> 
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The headers [`write_binary_headers`] makes, in order.
+    fn binary_headers(event: CloudEvent) -> Result<Vec<(HeaderName, HeaderValue)>, BindingError> {
+        let mut out = Vec::new();
+        write_binary_headers(event, |name, value| out.push((name, value)))?;
+        Ok(out)
+    }
 
     fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -622,7 +623,7 @@ mod tests {
         e.id = "a b\"c%d".into();
         e.attributes.insert("subject".into(), string_value("café\u{7f}\t~!"));
         e.attributes.insert("datacontenttype".into(), string_value("text/plain; charset=\"utf-8\""));
-        let got: Vec<(String, String)> = into_binary_headers(e.clone())
+        let got: Vec<(String, String)> = binary_headers(e.clone())
             .unwrap()
             .into_iter()
             .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
@@ -644,11 +645,11 @@ mod tests {
         for name in ["Upper", "a b", "é", ""] {
             let mut e = event("1.0");
             e.attributes.insert(name.into(), string_value("x"));
-            assert_eq!(invalid_attribute(into_binary_headers(e.clone()).unwrap_err()), name);
+            assert_eq!(invalid_attribute(binary_headers(e.clone()).unwrap_err()), name);
         }
         let mut e = event("1.0");
         e.attributes.insert("datacontenttype".into(), string_value("text/plain\r\nx: y"));
-        assert_eq!(invalid_attribute(into_binary_headers(e.clone()).unwrap_err()), "datacontenttype");
+        assert_eq!(invalid_attribute(binary_headers(e.clone()).unwrap_err()), "datacontenttype");
     }
 
     #[test]
@@ -699,7 +700,7 @@ mod tests {
             e.attributes.insert("subject".into(), string_value(subject));
             e.attributes.insert("ext1".into(), string_value(ext));
             let mut map = HeaderMap::new();
-            for (name, value) in into_binary_headers(e.clone()).unwrap() {
+            for (name, value) in binary_headers(e.clone()).unwrap() {
                 map.append(name, value);
             }
             prop_assert_eq!(from_binary(&map).unwrap(), e);

@@ -610,7 +610,7 @@ impl Config {
     /// starting a process blocks the thread that starts it until the child has called exec. Every other mode
     /// defaults to one: the function's own processes do the work, and a single thread that forwards requests
     /// spends nothing on waking other threads or moving tasks between them, which on a small container costs
-    /// more than a second thread gains (SPEC §4's benchmark: about a fifth more requests per second).
+    /// more than a second thread gains (README's http-mode benchmark: about a fifth more requests per second).
     pub fn runtime_threads(&self) -> usize {
         match self.watchdog_threads {
             0 if self.mode.is_fork() => 0,

@@ -89,12 +89,10 @@ async fn binary(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Re
     if max > 0 && content_length > max as i64 {
         return Err(InvokeError::BodyTooLarge { limit: max }.into());
     }
-    // A worker has the attributes in the event; only a forked function needs them again as `Http_Ce_*`.
-    let fork = matches!(ingress.backend, Backend::Fork(_));
-    let envelope = envelope::from_http_keeping(&parts, content_length, ingress.backend.timeout(), |name| {
-        fork || !name.as_str().starts_with("ce-")
-    })
-    .map_err(InvokeError::from)?;
+    // Filtered here so the `ce-` headers a worker will not get are never copied.
+    let keep = |name: &HeaderName| keeps_header(&ingress.backend, name.as_str());
+    let envelope = envelope::from_http_keeping(&parts, content_length, ingress.backend.timeout(), keep)
+        .map_err(InvokeError::from)?;
     let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
     if let Backend::Proxy(_) = ingress.backend {
         return proxy_unchanged(ingress, envelope, body, parts).await;
@@ -221,14 +219,18 @@ pub async fn deliver(
 ) -> Result<Option<Reply>, DeliveryError> {
     let request = RequestFacts::of(ingress, &event);
     let mut envelope = envelope.into_kind(Kind::Cloudevent(event));
-    if !matches!(ingress.backend, Backend::Fork(_)) {
-        // A worker has the attributes in the event; only a forked function needs them again as `Http_Ce_*`.
-        envelope.headers.retain(|h| !h.name.starts_with("ce-"));
-    }
+    // Envelopes made from a structured request or a gRPC call may still carry some.
+    envelope.headers.retain(|h| keeps_header(&ingress.backend, &h.name));
     let limits = ingress.body_limits();
     let invocation = Invocation { envelope, body, limits, head, timeout };
     let response = ingress.backend.invoke(invocation).await?;
     reply_from(ingress, request, response).await
+}
+
+/// Whether an event's envelope keeps the header `name`: a worker has the attributes in the event; only a forked
+/// function needs the `ce-` headers again, as `Http_Ce_*` variables.
+fn keeps_header(backend: &Backend, name: &str) -> bool {
+    matches!(backend, Backend::Fork(_)) || !name.starts_with("ce-")
 }
 
 /// What the reply defaults need from the request event, so the event itself can move into the envelope.
