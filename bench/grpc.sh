@@ -71,11 +71,23 @@ measure() {
 
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
+# The fork case's ceiling: spawning `cat` per request, as fast as two threads can (bench/spawn_floor.rs), measured
+# right before and right after each grpc-classic run, since it drifts with the machine as the echo baseline does.
+floor() { "$BIN/examples/spawn_floor" "$DURATION" 2>/dev/null; }
+
 declare -A RATIOS RESULTS RPS
+FLOORS="" FLOOR_RATIOS=""
 for ((round = 1; round <= ROUNDS; round++)); do
     read -r before _ _ < <(measure grpc-echo)
     for case in "${CASES[@]}"; do
+        [[ $case == grpc-classic ]] && floor_before=$(floor)
         read -r rps p50 p99 < <(measure "$case")
+        if [[ $case == grpc-classic ]]; then
+            floor_after=$(floor)
+            FLOORS+="$floor_before $floor_after "
+            FLOOR_RATIOS+="$(awk -v r="$rps" -v a="$floor_before" -v b="$floor_after" \
+                'BEGIN {printf "%.4f", r / ((a + b) / 2)}') "
+        fi
         read -r after _ _ < <(measure grpc-echo)
         RATIOS[$case]+="$(awk -v r="$rps" -v a="$before" -v b="$after" 'BEGIN {printf "%.4f", r / ((a + b) / 2)}') "
         RESULTS[$case]+="$rps/$p50/$p99 "
@@ -88,14 +100,8 @@ for case in "${CASES[@]}"; do
     printf '%-14s %12s %s\n' "$case" "$(tr ' ' '\n' <<<"${RATIOS[$case]}" | grep . | median)" "${RESULTS[$case]}"
 done
 
-# The fork cases' ceiling: spawning `cat` per request, as fast as two threads can (bench/spawn_floor.rs).
-if [[ " ${CASES[*]} " == *" grpc-classic "* ]]; then
-    floors=""
-    for ((round = 1; round <= ROUNDS; round++)); do
-        floors+="$("$BIN/examples/spawn_floor" "$DURATION" 2>/dev/null) "
-    done
-    floor=$(tr ' ' '\n' <<<"$floors" | grep . | median)
-    classic=$(tr ' ' '\n' <<<"${RPS[grpc-classic]}" | grep . | median)
-    echo "spawn floor: $floor spawns/s (median of $ROUNDS); grpc-classic / spawn floor = $(awk -v c="$classic" -v f="$floor" 'BEGIN {printf "%.3f", c / f}')"
+if [[ -n $FLOOR_RATIOS ]]; then
+    echo "spawn floor: $(tr ' ' '\n' <<<"$FLOORS" | grep . | median) spawns/s (median of its runs);" \
+        "grpc-classic / spawn floor = $(tr ' ' '\n' <<<"$FLOOR_RATIOS" | grep . | median) (median over rounds: $FLOOR_RATIOS)"
 fi
 echo "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"

@@ -42,10 +42,13 @@ pub async fn log_lines_keeping(
     max_line: usize,
     tail: Option<Tail>,
 ) {
-    let mut line: Vec<u8> = Vec::with_capacity(max_line.min(4096));
-    let mut buf = vec![0u8; 16 * 1024];
+    // The read buffer is never zeroed (reads fill its spare room), and the line buffer waits for a first line.
+    let mut line: Vec<u8> = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let n = match stream.read(&mut buf).await {
+        buf.clear();
+        buf.reserve(16 * 1024);
+        let n = match stream.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };

@@ -11,16 +11,24 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Output kept in memory up to this many bytes; past it the whole output moves to a temporary file.
 pub const SPILL_THRESHOLD: usize = 256 * 1024;
 /// How many leading bytes stay in memory for content sniffing.
 const HEAD_BYTES: usize = 512;
+/// Room made before each read: most outputs fit in one read, and the buffer is never zeroed.
+const READ_ROOM: usize = 16 * 1024;
+/// The largest single read once the output is on disk.
+const FILE_READ: usize = 64 * 1024;
 
 /// Collects output, spilling to disk past [`SPILL_THRESHOLD`].
 pub struct SpillBuffer {
     memory: BytesMut,
+    /// The first bytes, copied out of `memory` when it moves to the file.
     head: Vec<u8>,
+    /// The last read, once the output is on disk.
+    scratch: BytesMut,
     file: Option<File>,
     len: u64,
     dir: PathBuf,
@@ -74,27 +82,65 @@ impl SpillBuffer {
 
     /// An empty buffer with a custom spill threshold.
     pub fn with_threshold(dir: PathBuf, threshold: usize) -> SpillBuffer {
-        SpillBuffer { memory: BytesMut::new(), head: Vec::new(), file: None, len: 0, dir, threshold }
+        SpillBuffer {
+            memory: BytesMut::new(),
+            head: Vec::new(),
+            scratch: BytesMut::new(),
+            file: None,
+            len: 0,
+            dir,
+            threshold,
+        }
     }
 
     /// Appends `chunk`.
     pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        if self.head.len() < HEAD_BYTES {
-            let take = (HEAD_BYTES - self.head.len()).min(chunk.len());
-            self.head.extend_from_slice(&chunk[..take]);
-        }
         self.len += chunk.len() as u64;
-        if self.file.is_none() && self.memory.len() + chunk.len() <= self.threshold {
-            self.memory.extend_from_slice(chunk);
-            return Ok(());
+        if let Some(file) = &mut self.file {
+            return file.write_all(chunk);
         }
+        self.memory.extend_from_slice(chunk);
+        self.spill_if_over()
+    }
+
+    /// Reads once from `reader`, straight into the buffer while it is in memory; returns the bytes read, none
+    /// at the end of input.
+    pub async fn read_from<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<&[u8]> {
         if self.file.is_none() {
-            let mut file = tempfile::tempfile_in(&self.dir)?;
-            file.write_all(&self.memory)?;
-            self.memory = BytesMut::new();
+            self.memory.reserve(READ_ROOM);
+            let start = self.memory.len();
+            let n = reader.read_buf(&mut self.memory).await?;
+            self.len += n as u64;
+            if self.memory.len() <= self.threshold {
+                return Ok(&self.memory[start..]);
+            }
+            let (file, held) = self.new_file()?;
             self.file = Some(file);
+            // The read that crossed the threshold stays visible to the caller; the big buffer goes.
+            self.scratch = BytesMut::from(&held[start..]);
+            return Ok(&self.scratch);
         }
-        self.file.as_mut().expect("file was just created").write_all(chunk)
+        self.scratch.clear();
+        self.scratch.reserve(FILE_READ);
+        let n = reader.read_buf(&mut self.scratch).await?;
+        self.len += n as u64;
+        self.file.as_mut().expect("checked above").write_all(&self.scratch)?;
+        Ok(&self.scratch)
+    }
+
+    fn spill_if_over(&mut self) -> std::io::Result<()> {
+        if self.memory.len() > self.threshold {
+            self.file = Some(self.new_file()?.0);
+        }
+        Ok(())
+    }
+
+    /// A temporary file holding what `memory` held, which is handed back (its head kept for sniffing).
+    fn new_file(&mut self) -> std::io::Result<(File, BytesMut)> {
+        let mut file = tempfile::tempfile_in(&self.dir)?;
+        file.write_all(&self.memory)?;
+        self.head = self.memory[..self.memory.len().min(HEAD_BYTES)].to_vec();
+        Ok((file, std::mem::take(&mut self.memory)))
     }
 
     /// Bytes collected so far.
@@ -165,6 +211,48 @@ mod tests {
         buf.write(b"world").unwrap();
         match buf.finish().unwrap() {
             Output::Memory(b) => assert_eq!(&b[..], b"hello world"),
+            other => panic!("expected memory, got {other:?}"),
+        }
+    }
+
+    /// Reads `input` through `read_from` in pieces of at most `piece` bytes; returns what each read gave back.
+    async fn read_all(buf: &mut SpillBuffer, input: &[u8], piece: usize) -> Vec<Vec<u8>> {
+        let (mut tx, mut rx) = tokio::io::duplex(piece);
+        let input = input.to_vec();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            tx.write_all(&input).await.unwrap();
+        });
+        let mut reads = Vec::new();
+        loop {
+            let chunk = buf.read_from(&mut rx).await.unwrap().to_vec();
+            if chunk.is_empty() {
+                break;
+            }
+            reads.push(chunk);
+        }
+        writer.await.unwrap();
+        reads
+    }
+
+    #[tokio::test]
+    async fn reads_in_place_and_spills_past_the_threshold() {
+        let input: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut buf = SpillBuffer::with_threshold(std::env::temp_dir(), 1000);
+        let reads = read_all(&mut buf, &input, 300).await;
+        // Every read is handed back, also the one that crossed the threshold and those after it.
+        assert_eq!(reads.concat(), input);
+        assert_eq!(buf.len(), input.len() as u64);
+        let output = buf.finish().unwrap();
+        assert_eq!(output.head(), &input[..512]);
+        let Output::File { file, len, .. } = output else { panic!("expected a file") };
+        let read: Vec<u8> = FileChunks::new(file, len).flat_map(|c| c.unwrap().to_vec()).collect();
+        assert_eq!(read, input);
+
+        let mut small = SpillBuffer::with_threshold(std::env::temp_dir(), 1000);
+        assert_eq!(read_all(&mut small, b"hello", 300).await.concat(), b"hello");
+        match small.finish().unwrap() {
+            Output::Memory(b) => assert_eq!(&b[..], b"hello"),
             other => panic!("expected memory, got {other:?}"),
         }
     }
