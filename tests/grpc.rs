@@ -369,6 +369,18 @@ async fn reflection_lists_services_v1_and_v1alpha() {
 /// One gRPC call over a plain hyper h2c client, so no client-side deadline races the server's answer:
 /// returns the gRPC status code from the head or the trailers.
 async fn bare_call(server: &Server, path: &str, headers: &[(&str, &str)], message: &[u8]) -> i32 {
+    let (head, trailers) = bare_response(server, path, headers, message).await;
+    let code = |map: &http::HeaderMap| map.get("grpc-status").map(|v| v.to_str().unwrap().parse::<i32>().unwrap());
+    code(&head).or_else(|| code(trailers.as_ref().expect("trailers"))).expect("grpc-status")
+}
+
+/// One gRPC call over a plain hyper h2c client: the response's headers and trailers, as sent.
+async fn bare_response(
+    server: &Server,
+    path: &str,
+    headers: &[(&str, &str)],
+    message: &[u8],
+) -> (http::HeaderMap, Option<http::HeaderMap>) {
     use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
@@ -382,12 +394,8 @@ async fn bare_call(server: &Server, path: &str, headers: &[(&str, &str)], messag
         request = request.header(*name, *value);
     }
     let response = client.request(request.body(http_body_util::Full::new(Bytes::from(framed))).unwrap()).await.unwrap();
-    let code = |map: &http::HeaderMap| map.get("grpc-status").map(|v| v.to_str().unwrap().parse::<i32>().unwrap());
-    if let Some(code) = code(response.headers()) {
-        return code;
-    }
-    let collected = response.into_body().collect().await.unwrap();
-    code(collected.trailers().expect("trailers")).expect("grpc-status")
+    let (parts, body) = response.into_parts();
+    (parts.headers, body.collect().await.unwrap().trailers().cloned())
 }
 
 #[tokio::test]
@@ -700,6 +708,30 @@ async fn passthrough_in_http_mode_with_the_rust_sdk_greeter() {
     assert!(greeter.exists(), "{} is missing: cargo test --workspace builds it", greeter.display());
     let server = sdk_greeter_server(tempfile::tempdir().unwrap(), greeter.to_str().unwrap()).await;
     greet(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn passthrough_carries_the_functions_response_metadata() {
+    let exe = std::env::current_exe().unwrap();
+    let greeter = exe.parent().unwrap().parent().unwrap().join("examples").join("greeter");
+    let server = sdk_greeter_server(tempfile::tempdir().unwrap(), greeter.to_str().unwrap()).await;
+    let mut grpc = tonic::client::Grpc::new(channel(&server).await);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/helloworld.Greeter/SayHello");
+    let response = grpc.unary(tonic::Request::new(string_field("meta")), path, Raw).await.unwrap();
+    // The handler's headers and trailers are the response metadata (tonic merges a unary call's trailers in).
+    assert_eq!(response.metadata().get("x-served-by").unwrap(), "watchdog-sdk");
+    assert_eq!(response.metadata().get("x-greeted").unwrap(), "meta");
+    assert_eq!(parse_string_field(response.get_ref()), "Hello, meta!");
+
+    // Its trailers are the trailing metadata, next to grpc-status 0, as the raw HTTP/2 response shows.
+    let (head, trailers) = bare_response(&server, "/helloworld.Greeter/SayHello", &[], &string_field("raw")).await;
+    assert_eq!(head["x-served-by"], "watchdog-sdk");
+    assert!(head.get("x-greeted").is_none(), "trailing metadata stays in the trailers: {head:?}");
+    let trailers = trailers.expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-greeted"], "raw");
     server.stop().await;
 }
 

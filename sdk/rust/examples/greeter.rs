@@ -1,9 +1,11 @@
 //! Greeter: a gRPC service (`helloworld.Greeter`) served as a passthrough function, with prost messages.
 //! Unary `SayHello`, server-streaming `SayHelloStream` (declared so by the watchdog's `grpc_descriptor_set`).
+//! SayHello also sends response metadata: `x-served-by` (initial) and `x-greeted` (trailing).
 use std::time::Duration;
 
 use prost::Message;
-use watchdog_sdk::{GrpcStatus, HandlerError, Reply, Request};
+use watchdog_sdk::http::{HeaderMap, HeaderValue};
+use watchdog_sdk::{Bytes, GrpcStatus, HandlerError, Reply, Request, Response};
 
 #[derive(Clone, PartialEq, Message)]
 struct HelloRequest {
@@ -30,7 +32,12 @@ async fn greeter(mut req: Request) -> Result<Reply, HandlerError> {
         return Err(GrpcStatus::invalid_argument("name is required").into());
     }
     if method == "/helloworld.Greeter/SayHello" {
-        return Ok(Reply::bytes(HelloReply { message: format!("Hello, {}!", request.name) }.encode_to_vec()));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-served-by", HeaderValue::from_static("watchdog-sdk"));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-greeted", HeaderValue::from_str(&request.name).unwrap_or(HeaderValue::from_static("?")));
+        let body = HelloReply { message: format!("Hello, {}!", request.name) }.encode_to_vec();
+        return Ok(Reply::Response(Response { status: 200, headers, body: Bytes::from(body).into(), trailers }));
     }
     // SayHelloStream: one message per item, each sent (and framed by the SDK) as soon as it is produced.
     let replies = futures_util::stream::unfold(0, move |i| {

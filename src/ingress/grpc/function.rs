@@ -13,24 +13,27 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use tonic::{Status, Streaming};
 
-use super::{call_envelope, call_function, grpc_timeout, streamed_answer, unary_answer};
+use super::{
+    call_envelope, call_function, grpc_timeout, initial_metadata, is_metadata, streamed_answer, unary_answer,
+    TrailingMetadata,
+};
 use crate::body::BoxError;
 use crate::envelope::pb::watchdog::v1::function_server::{Function, FunctionServer};
 use crate::envelope::pb::watchdog::v1::{Chunk, GrpcCall, InvokeRequest, InvokeResponse};
 use crate::envelope::{Envelope, Header};
 use crate::ingress::Ingress;
 
-/// Response headers that describe the HTTP transfer, not the function's answer.
-const NOT_METADATA: [&str; 4] = ["content-type", "content-length", "transfer-encoding", "connection"];
-
 /// Answers one call to the Function service.
 pub(super) async fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> Response<tonic::body::Body> {
     let max = ingress.config.grpc_max_message_bytes;
     let timeout = grpc_timeout(req.headers());
     let (head, body) = req.into_parts();
-    let service = FunctionService { ingress, head: head.clone(), timeout };
+    let trailing = TrailingMetadata::default();
+    let service = FunctionService { ingress, head: head.clone(), timeout, trailing: trailing.clone() };
     let mut server = FunctionServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
-    super::call_server(&mut server, Request::from_parts(head, body)).await
+    let mut response = super::call_server(&mut server, Request::from_parts(head, body)).await;
+    response.extensions_mut().insert(trailing);
+    response
 }
 
 /// The Function service for one request (it needs that request's head for the envelope).
@@ -38,6 +41,8 @@ struct FunctionService {
     ingress: Arc<Ingress>,
     head: ::http::request::Parts,
     timeout: Option<Duration>,
+    /// Where InvokeStream leaves the function's trailing metadata for the response's trailers.
+    trailing: TrailingMetadata,
 }
 
 impl FunctionService {
@@ -72,12 +77,13 @@ impl Function for FunctionService {
         }
         let body = crate::body::request_from(request.body);
         let response = call_function(&self.ingress, envelope, self.head.clone(), body, self.timeout).await?;
-        let (parts, body) = unary_answer(response, self.ingress.config.grpc_max_message_bytes).await?;
+        let answer = unary_answer(response, self.ingress.config.grpc_max_message_bytes).await?;
+        let (parts, body) = (answer.head, answer.message);
         let text = |v: &::http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
         let content_type = parts.headers.get(header::CONTENT_TYPE).map(text).unwrap_or_default();
         let mut metadata: HashMap<String, String> = HashMap::new();
         for (name, value) in &parts.headers {
-            if NOT_METADATA.contains(&name.as_str()) {
+            if !is_metadata(name) {
                 continue;
             }
             metadata
@@ -103,7 +109,9 @@ impl Function for FunctionService {
         let frames = chunks.map(|chunk| chunk.map(|c| Frame::data(c.data)).map_err(|s| Box::new(s) as BoxError));
         let body = StreamBody::new(frames).boxed_unsync();
         let response = call_function(&self.ingress, envelope, self.head.clone(), body, self.timeout).await?;
-        let pieces = streamed_answer(response, self.ingress.config.grpc_max_message_bytes).await?;
+        let headers = response.headers().clone();
+        let pieces =
+            streamed_answer(response, self.ingress.config.grpc_max_message_bytes, self.trailing.clone()).await?;
         let max = self.ingress.config.grpc_max_message_bytes;
         // A piece is at most 64 KiB from either backend; one past the message limit is split, not refused.
         let chunks = pieces.flat_map(move |piece| {
@@ -113,7 +121,7 @@ impl Function for FunctionService {
             };
             futures_util::stream::iter(parts)
         });
-        Ok(tonic::Response::new(chunks.boxed()))
+        Ok(tonic::Response::from_parts(initial_metadata(&headers), chunks.boxed(), tonic::Extensions::default()))
     }
 }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use ::http::{HeaderMap, HeaderValue, Method, Request, Response};
+use ::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http_body::Frame;
@@ -267,12 +267,20 @@ fn failed_status(map: &HeaderMap) -> Option<Status> {
     Status::from_header_map(map).filter(|s| s.code() != Code::Ok)
 }
 
+/// A function's whole answer to a call with a unary response.
+#[derive(Debug)]
+struct UnaryAnswer {
+    /// Its status and headers (the initial metadata, once [`metadata`] has filtered them).
+    head: ::http::response::Parts,
+    /// The response message.
+    message: Bytes,
+    /// The trailers it ended with, empty when none.
+    trailers: HeaderMap,
+}
+
 /// A function's whole answer for a unary response: its body (at most `max` bytes), or the status it stands for.
 /// A non-2xx answer maps by gRPC's HTTP-to-gRPC table, unless headers or trailers carry `grpc-status`, which win.
-async fn unary_answer(
-    response: Response<ResponseBody>,
-    max: usize,
-) -> Result<(::http::response::Parts, Bytes), Status> {
+async fn unary_answer(response: Response<ResponseBody>, max: usize) -> Result<UnaryAnswer, Status> {
     let (parts, mut body) = response.into_parts();
     if let Some(status) = Status::from_header_map(&parts.headers) {
         if status.code() != Code::Ok {
@@ -296,13 +304,13 @@ async fn unary_answer(
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
-    if let Some(status) = trailers.as_ref().and_then(Status::from_header_map) {
-        return match status.code() {
-            Code::Ok => Ok((parts, data.freeze())),
-            _ => Err(status),
-        };
-    }
-    if !success {
+    let trailers = trailers.unwrap_or_default();
+    let ok_in_trailers = match Status::from_header_map(&trailers) {
+        Some(status) if status.code() != Code::Ok => return Err(status),
+        Some(_) => true,
+        None => false,
+    };
+    if !ok_in_trailers && !success {
         let quoted = String::from_utf8_lossy(&data[..data.len().min(MESSAGE_QUOTE)]).trim().to_string();
         let message = if quoted.is_empty() { format!("the function answered HTTP {}", parts.status) } else { quoted };
         return Err(Status::new(grpc_code_for_http(parts.status.as_u16()), message));
@@ -310,14 +318,16 @@ async fn unary_answer(
     if overflow {
         return Err(too_large("response", max));
     }
-    Ok((parts, data.freeze()))
+    Ok(UnaryAnswer { head: parts, message: data.freeze(), trailers })
 }
 
 /// A function's answer for a streamed response: the body's pieces as they come, ending with the status its
-/// error or trailers carry. A non-2xx head is the status of [`unary_answer`].
+/// error or trailers carry; trailers that end it well go to `trailing`. A non-2xx head is the status of
+/// [`unary_answer`].
 async fn streamed_answer(
     response: Response<ResponseBody>,
     max: usize,
+    trailing: TrailingMetadata,
 ) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes, Status>>, Status> {
     if !response.status().is_success() || failed_status(response.headers()).is_some() {
         return Err(match unary_answer(response, max).await {
@@ -326,23 +336,80 @@ async fn streamed_answer(
         });
     }
     let body = response.into_body();
-    let pieces = futures_util::stream::unfold(Some(body), |state| async move {
-        let mut body = state?;
+    let pieces = futures_util::stream::unfold(Some((body, trailing)), |state| async move {
+        let (mut body, trailing) = state?;
         loop {
             match body.frame().await? {
                 Err(e) => return Some((Err(io_status(&e)), None)),
                 Ok(frame) => match frame.into_data() {
                     Ok(data) if data.is_empty() => continue,
-                    Ok(data) => return Some((Ok(data), Some(body))),
+                    Ok(data) => return Some((Ok(data), Some((body, trailing)))),
                     Err(frame) => {
-                        let failed = frame.into_trailers().ok().as_ref().and_then(failed_status);
-                        return failed.map(|status| (Err(status), None));
+                        let trailers = frame.into_trailers().ok()?;
+                        if let Some(status) = failed_status(&trailers) {
+                            return Some((Err(status), None));
+                        }
+                        trailing.set(&trailers);
+                        return None;
                     }
                 },
             }
         }
     });
     Ok(Box::pin(pieces))
+}
+
+/// Whether a function's response header or trailer is metadata, rather than HTTP framing or gRPC's own.
+fn is_metadata(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    !matches!(
+        name,
+        "content-type"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    ) && !name.starts_with("grpc-")
+}
+
+/// The metadata among a function's response headers or trailers.
+fn metadata(map: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in map {
+        if is_metadata(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The function's initial metadata for a tonic response.
+fn initial_metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
+    tonic::metadata::MetadataMap::from_headers(metadata(headers))
+}
+
+/// Trailing metadata a function ended a successful answer with. tonic sends no custom trailers with an OK status,
+/// so the service that called the function leaves them here, in the response's extensions, and [`GrpcBody`] adds
+/// them to the trailers tonic writes.
+#[derive(Clone, Default)]
+struct TrailingMetadata(Arc<std::sync::Mutex<HeaderMap>>);
+
+impl TrailingMetadata {
+    /// Keeps the metadata among `trailers`.
+    fn set(&self, trailers: &HeaderMap) {
+        let kept = metadata(trailers);
+        if !kept.is_empty() {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = kept;
+        }
+    }
+
+    /// What was kept, leaving nothing.
+    fn take(&self) -> HeaderMap {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// RESOURCE_EXHAUSTED for a message over `grpc_max_message_bytes`.
@@ -377,7 +444,8 @@ fn convert(
     rewrite_size_status(&mut parts.headers);
     // A trailers-only response carries its status in the head.
     let code = code_in(&parts.headers);
-    let body = GrpcBody { inner, code, sent: 0, on_end: Some(Box::new(on_end)) };
+    let trailing = parts.extensions.remove::<TrailingMetadata>();
+    let body = GrpcBody { inner, code, sent: 0, trailing, on_end: Some(Box::new(on_end)) };
     Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
 }
 
@@ -386,6 +454,8 @@ struct GrpcBody {
     inner: tonic::body::Body,
     code: Option<Code>,
     sent: u64,
+    /// The function's trailing metadata, added to the trailers.
+    trailing: Option<TrailingMetadata>,
     on_end: Option<Box<dyn FnOnce(Code, u64) + Send>>,
 }
 
@@ -412,6 +482,9 @@ impl http_body::Body for GrpcBody {
                 let frame = match frame.into_trailers() {
                     Ok(mut trailers) => {
                         rewrite_size_status(&mut trailers);
+                        if let Some(trailing) = &this.trailing {
+                            trailers.extend(trailing.take());
+                        }
                         this.code = code_in(&trailers).or(this.code);
                         Frame::trailers(trailers)
                     }
@@ -534,6 +607,31 @@ mod tests {
         other.insert("grpc-message", HeaderValue::from_static("seek past the end"));
         rewrite_size_status(&mut other);
         assert_eq!(other["grpc-status"], "11", "a function's own OUT_OF_RANGE is kept");
+    }
+
+    #[test]
+    fn metadata_leaves_out_framing_and_grpc_names() {
+        let mut map = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/grpc"),
+            ("content-length", "12"),
+            ("grpc-status", "0"),
+            ("grpc-message", "fine"),
+            ("x-served-by", "a"),
+            ("x-served-by", "b"),
+            ("x-trace-bin", "AAEC"),
+        ] {
+            map.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let kept = metadata(&map);
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        assert_eq!(kept.get_all("x-served-by").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(kept["x-trace-bin"], "AAEC");
+
+        let trailing = TrailingMetadata::default();
+        trailing.set(&map);
+        assert_eq!(trailing.take().len(), 3);
+        assert!(trailing.take().is_empty(), "taken once");
     }
 
     #[tokio::test]

@@ -22,7 +22,9 @@ use tonic::server::{StreamingService, UnaryService};
 use tonic::{Status, Streaming};
 
 use super::codec::{self, Deframer, RawCodec};
-use super::{call_envelope, call_function, grpc_timeout, streamed_answer, unary_answer};
+use super::{
+    call_envelope, call_function, grpc_timeout, initial_metadata, streamed_answer, unary_answer, TrailingMetadata,
+};
 use crate::backend::Backend;
 use crate::body::BoxError;
 use crate::envelope::pb::watchdog::v1::GrpcCall;
@@ -79,16 +81,15 @@ pub(super) async fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> Resp
     let max = ingress.config.grpc_max_message_bytes;
     let timeout = grpc_timeout(req.headers());
     let (head, body) = req.into_parts();
-    let call = Call { ingress, head: head.clone(), method, shape, timeout, max };
+    let trailing = TrailingMetadata::default();
+    let call = Call { ingress, head: head.clone(), method, shape, timeout, max, trailing: trailing.clone() };
     let req = Request::from_parts(head, body);
     // tonic's own limits stay as a memory guard; its OUT_OF_RANGE is rewritten on the way out.
     let mut grpc =
         tonic::server::Grpc::new(RawCodec::new(max)).max_decoding_message_size(max).max_encoding_message_size(max);
-    if shape.streams() {
-        grpc.streaming(call, req).await
-    } else {
-        grpc.unary(call, req).await
-    }
+    let mut response = if shape.streams() { grpc.streaming(call, req).await } else { grpc.unary(call, req).await };
+    response.extensions_mut().insert(trailing);
+    response
 }
 
 /// One passthrough call.
@@ -100,6 +101,8 @@ struct Call {
     shape: MethodShape,
     timeout: Option<Duration>,
     max: usize,
+    /// Where the function's trailing metadata is left for the response's trailers.
+    trailing: TrailingMetadata,
 }
 
 impl Call {
@@ -124,8 +127,9 @@ impl UnaryService<Bytes> for Call {
             let envelope = call.envelope(message.len() as i64)?;
             let body = crate::body::request_from(message);
             let response = call_function(&call.ingress, envelope, call.head, body, call.timeout).await?;
-            let (_, message) = unary_answer(response, call.max).await?;
-            Ok(tonic::Response::new(message))
+            let answer = unary_answer(response, call.max).await?;
+            call.trailing.set(&answer.trailers);
+            Ok(with_metadata(&answer.head.headers, answer.message))
         })
     }
 }
@@ -151,25 +155,34 @@ impl StreamingService<Bytes> for Call {
             });
             let body = StreamBody::new(frames).boxed_unsync();
             let response = call_function(&call.ingress, envelope, call.head, body, call.timeout).await?;
+            let one = |message: Bytes| futures_util::stream::once(async move { Ok(message) }).boxed();
             if !response_framed {
-                let (_, message) = unary_answer(response, call.max).await?;
-                return Ok(tonic::Response::new(futures_util::stream::once(async move { Ok(message) }).boxed()));
+                let answer = unary_answer(response, call.max).await?;
+                call.trailing.set(&answer.trailers);
+                return Ok(with_metadata(&answer.head.headers, one(answer.message)));
             }
             if call.shape.server_streaming {
-                let pieces = streamed_answer(response, call.max).await?;
-                return Ok(tonic::Response::new(codec::messages(pieces, call.max)));
+                let headers = response.headers().clone();
+                let pieces = streamed_answer(response, call.max, call.trailing).await?;
+                return Ok(with_metadata(&headers, codec::messages(pieces, call.max)));
             }
             // Client streaming only: the function's whole output is one framed message.
-            let (_, output) = unary_answer(response, call.max.saturating_add(5)).await?;
+            let answer = unary_answer(response, call.max.saturating_add(5)).await?;
             let mut deframer = Deframer::new(call.max);
-            deframer.push(&output);
+            deframer.push(&answer.message);
             let message = deframer
                 .next_message()?
                 .ok_or_else(|| Status::internal("the function wrote no complete response message"))?;
             deframer.finish().map_err(|_| Status::internal("the function wrote more than one response message"))?;
-            Ok(tonic::Response::new(futures_util::stream::once(async move { Ok(message) }).boxed()))
+            call.trailing.set(&answer.trailers);
+            Ok(with_metadata(&answer.head.headers, one(message)))
         })
     }
+}
+
+/// A response carrying the function's response headers as its initial metadata.
+fn with_metadata<T>(headers: &::http::HeaderMap, message: T) -> tonic::Response<T> {
+    tonic::Response::from_parts(initial_metadata(headers), message, tonic::Extensions::default())
 }
 
 #[cfg(test)]

@@ -119,14 +119,16 @@ def handle(request):
     mode = request.metadata.get("x-mode", "")
     if method == "/helloworld.Greeter/SayHello":
         (raw,) = request.grpc_messages()
-        return Response(200, {}, string_field("Hello, " + parse_string_field(raw) + "!"))
+        name = parse_string_field(raw)
+        return Response(200, {"x-served-by": "python"}, string_field("Hello, " + name + "!"),
+                        trailers={"x-greeted": name})
     if method == "/helloworld.Greeter/SayHelloStream":
         (raw,) = request.grpc_messages()
         name = parse_string_field(raw)
         def replies():
             for n in (1, 2, 3):
                 yield string_field("Hello #%d, %s!" % (n, name))
-        return replies()
+        return Response(200, {"x-served-by": "python"}, replies(), trailers={"x-replies": "3"})
     if method == "/watchdog.v1.Function/Invoke":
         if mode == "permanent":
             raise watchdog_sdk.PermanentError("bad input")
@@ -378,15 +380,27 @@ def test_greeter_passthrough_classic_failure_is_internal(watchdog, grpc_channel,
 
 
 def test_greeter_passthrough_http_mode_unary(sdk_watchdog, grpc_channel):
+    """The handler's Response headers are the initial metadata, its trailers the trailing metadata."""
     wd = sdk_watchdog(grpc_descriptor_set=GREETER_SET)
-    say_hello(grpc_channel(wd))
+    channel = grpc_channel(wd)
+    say_hello(channel)
+    stub = pb.greeter_pb2_grpc.GreeterStub(channel)
+    reply, call = stub.SayHello.with_call(greeter.HelloRequest(name="meta"), timeout=TIMEOUT)
+    assert reply.message == "Hello, meta!"
+    assert dict(call.initial_metadata()).get("x-served-by") == "python", call.initial_metadata()
+    assert dict(call.trailing_metadata()).get("x-greeted") == "meta", call.trailing_metadata()
 
 
 def test_greeter_passthrough_http_mode_server_streaming(sdk_watchdog, grpc_channel):
     """sdk/python/README.md: for a call that is not client-streaming, `request.grpc_messages()` is the one request
     message; the handler's generator yields one reply message per item."""
     wd = sdk_watchdog(grpc_descriptor_set=GREETER_SET)
-    say_hello_stream(grpc_channel(wd))
+    channel = grpc_channel(wd)
+    say_hello_stream(channel)
+    responses = pb.greeter_pb2_grpc.GreeterStub(channel).SayHelloStream(greeter.HelloRequest(name="m"), timeout=TIMEOUT)
+    assert [r.message for r in responses] == ["Hello #1, m!", "Hello #2, m!", "Hello #3, m!"]
+    assert dict(responses.initial_metadata()).get("x-served-by") == "python", responses.initial_metadata()
+    assert dict(responses.trailing_metadata()).get("x-replies") == "3", responses.trailing_metadata()
 
 
 # --- deadlines, cancellation, limits, crashes -----------------------------------------------------------------
