@@ -239,8 +239,11 @@ async fn stream_ids_reach_the_worker_in_increasing_order() {
 
 fn quick_timing() -> ng_watchdog::backend::framed::pool::Timing {
     ng_watchdog::backend::framed::pool::Timing {
-        backoff_min: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(400),
+        restart: ng_watchdog::backend::process::RestartPolicy {
+            min: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+            ..Default::default()
+        },
         ping_interval: Duration::from_millis(100),
         ping_timeout: Duration::from_millis(500),
         ..Default::default()

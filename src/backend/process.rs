@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{killpg, Signal};
@@ -14,6 +15,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
 
 use crate::reaper::ChildRegistry;
 
@@ -181,6 +183,56 @@ impl StdinPipe {
             StdinState::Async(sender) => sender.write_all(data).await,
             _ => Err(ErrorKind::BrokenPipe.into()),
         }
+    }
+}
+
+/// When a service process that exited is started again: after a delay that doubles from `min` up to `max`, back
+/// to `min` once a run has stayed ready for `reset`. A crash loop backs off; a rare crash restarts quickly.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    /// First delay.
+    pub min: Duration,
+    /// Longest delay.
+    pub max: Duration,
+    /// A run ready this long resets the delay to `min`.
+    pub reset: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy { min: Duration::from_millis(100), max: Duration::from_secs(30), reset: Duration::from_secs(60) }
+    }
+}
+
+/// A [`RestartPolicy`] applied to one supervised process.
+#[derive(Debug)]
+pub struct Backoff {
+    policy: RestartPolicy,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Starts at the policy's shortest delay.
+    pub fn new(policy: RestartPolicy) -> Backoff {
+        Backoff { policy, next: policy.min }
+    }
+
+    /// The delay before the next start, after a run that was ready for `ready_for`.
+    pub fn next_delay(&mut self, ready_for: Duration) -> Duration {
+        if ready_for >= self.policy.reset {
+            self.next = self.policy.min;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.policy.max);
+        delay
+    }
+}
+
+/// Sleeps `delay` before a restart, unless `stop` fires first; returns whether to start again.
+pub async fn wait_to_restart(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stop.cancelled() => false,
     }
 }
 
@@ -419,5 +471,20 @@ mod tests {
         assert!(p.wait().await.unwrap().success());
         let error = stdin.write_all(b"nobody reads this").await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets_after_a_long_run() {
+        let policy = RestartPolicy {
+            min: Duration::from_millis(100),
+            max: Duration::from_millis(700),
+            reset: Duration::from_secs(5),
+        };
+        let mut backoff = Backoff::new(policy);
+        let crash = Duration::ZERO;
+        let delays: Vec<u64> = (0..5).map(|_| backoff.next_delay(crash).as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 700, 700]);
+        assert_eq!(backoff.next_delay(Duration::from_secs(5)), Duration::from_millis(100), "a long run resets");
+        assert_eq!(backoff.next_delay(Duration::from_secs(4)), Duration::from_millis(200));
     }
 }

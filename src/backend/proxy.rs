@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::process::ServiceProcess;
+use super::process::{wait_to_restart, Backoff, RestartPolicy, ServiceProcess};
 use super::Invocation;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{parse_duration, Config};
@@ -230,23 +230,19 @@ async fn supervise(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(RestartPolicy::default());
     loop {
         let ready_at = run_upstream(&argv, &address, log_buffer_size, &state, &children, &metrics, &stop).await;
         if stop.is_cancelled() {
             return;
         }
-        if ready_at.is_some_and(|at| at.elapsed() >= Duration::from_secs(60)) {
-            backoff = Duration::from_millis(100);
-        }
+        let delay = backoff.next_delay(ready_at.map_or(Duration::ZERO, |at| at.elapsed()));
         let error = state.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
-        tracing::warn!("upstream: {error}; restarting in {backoff:?}");
+        tracing::warn!("upstream: {error}; restarting in {delay:?}");
         metrics.worker_restarts.inc();
-        tokio::select! {
-            _ = sleep(backoff) => {}
-            _ = stop.cancelled() => return,
+        if !wait_to_restart(delay, &stop).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -139,7 +139,9 @@ pub struct Request {
     envelope: Envelope,
     kind: Kind,
     headers: HeaderMap,
-    event: Option<CloudEvent>,
+    // Built from the envelope on first use: a handler that never looks at the attributes (an echo) does not pay
+    // for a map of strings per event.
+    event: OnceLock<Option<CloudEvent>>,
     // Set only when the decoded path is not UTF-8.
     lossy_path: Option<String>,
     body: Body,
@@ -155,7 +157,7 @@ impl fmt::Debug for Request {
             .field("query", &self.query())
             .field("grpc", &self.grpc())
             .field("headers", &self.headers)
-            .field("event", &self.event)
+            .field("event", &self.event())
             .finish_non_exhaustive()
     }
 }
@@ -163,17 +165,17 @@ impl fmt::Debug for Request {
 impl Request {
     /// Builds a request from an envelope and a body; handy to unit-test a handler without a watchdog.
     pub fn new(envelope: Envelope, body: Body) -> Self {
-        let (kind, event, lossy_path) = match &envelope.kind {
-            Some(envelope::Kind::Grpc(_)) => (Kind::Grpc, None, None),
-            Some(envelope::Kind::Cloudevent(ev)) => (Kind::CloudEvent, Some(CloudEvent::from_proto(ev)), None),
+        let (kind, lossy_path) = match &envelope.kind {
+            Some(envelope::Kind::Grpc(_)) => (Kind::Grpc, None),
+            Some(envelope::Kind::Cloudevent(_)) => (Kind::CloudEvent, None),
             Some(envelope::Kind::Http(h)) => {
                 let lossy = match std::str::from_utf8(&h.path) {
                     Ok(_) => None,
                     Err(_) => Some(String::from_utf8_lossy(&h.path).into_owned()),
                 };
-                (Kind::Http, None, lossy)
+                (Kind::Http, lossy)
             }
-            None => (Kind::Http, None, None),
+            None => (Kind::Http, None),
         };
         let mut headers = HeaderMap::with_capacity(envelope.headers.len());
         for h in &envelope.headers {
@@ -184,7 +186,7 @@ impl Request {
                 headers.append(name, value);
             }
         }
-        Request { envelope, kind, headers, event, lossy_path, body }
+        Request { envelope, kind, headers, event: OnceLock::new(), lossy_path, body }
     }
 
     /// HTTP, gRPC or CloudEvent.
@@ -288,7 +290,12 @@ impl Request {
 
     /// The event's attributes, for a CloudEvent (its data is the body).
     pub fn event(&self) -> Option<&CloudEvent> {
-        self.event.as_ref()
+        self.event
+            .get_or_init(|| match &self.envelope.kind {
+                Some(envelope::Kind::Cloudevent(ev)) => Some(CloudEvent::from_proto(ev)),
+                _ => None,
+            })
+            .as_ref()
     }
 
     /// The request id (the caller's `X-Call-Id`, or one the watchdog made).

@@ -10,13 +10,13 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::UnixListener;
 use tokio::sync::{oneshot, Notify};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{timeout, Instant};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{FrameCodec, HANDSHAKE_MAX_FRAME, MAX_FRAME};
 use super::connection::{Connection, Limits};
-use crate::backend::process::ServiceProcess;
+use crate::backend::process::{wait_to_restart, Backoff, RestartPolicy, ServiceProcess};
 use crate::envelope::pb::watchdog::v1::{frame::Kind, Frame, HelloAck, Ping, Shutdown};
 use crate::metrics::Metrics;
 use crate::reaper::ChildRegistry;
@@ -24,12 +24,8 @@ use crate::reaper::ChildRegistry;
 /// Timing of the pool; shortened in tests.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
-    /// First restart delay; doubles up to `backoff_max`.
-    pub backoff_min: Duration,
-    /// Longest restart delay.
-    pub backoff_max: Duration,
-    /// A worker ready this long resets the backoff.
-    pub backoff_reset: Duration,
+    /// When a worker that exited is started again.
+    pub restart: RestartPolicy,
     /// Interval between pings.
     pub ping_interval: Duration,
     /// A worker whose last pong is older than this is killed.
@@ -41,9 +37,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(30),
-            backoff_reset: Duration::from_secs(60),
+            restart: RestartPolicy::default(),
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(15),
             hello_timeout: Duration::from_secs(10),
@@ -273,7 +267,7 @@ impl WorkerPool {
 
 /// Runs one worker slot until the pool stops.
 async fn supervise(pool: Arc<PoolShared>, slot: usize, spec: WorkerSpec, stop: CancellationToken) {
-    let mut backoff = spec.timing.backoff_min;
+    let mut backoff = Backoff::new(spec.timing.restart);
     loop {
         if stop.is_cancelled() {
             return;
@@ -289,16 +283,12 @@ async fn supervise(pool: Arc<PoolShared>, slot: usize, spec: WorkerSpec, stop: C
         if stop.is_cancelled() {
             return;
         }
-        if outcome.ready_for >= spec.timing.backoff_reset {
-            backoff = spec.timing.backoff_min;
-        }
-        tracing::warn!("worker {slot}: {}; restarting in {:?}", outcome.reason, backoff);
+        let delay = backoff.next_delay(outcome.ready_for);
+        tracing::warn!("worker {slot}: {}; restarting in {delay:?}", outcome.reason);
         spec.metrics.worker_restarts.inc();
-        tokio::select! {
-            _ = sleep(backoff) => {}
-            _ = stop.cancelled() => return,
+        if !wait_to_restart(delay, &stop).await {
+            return;
         }
-        backoff = (backoff * 2).min(spec.timing.backoff_max);
     }
 }
 
@@ -474,6 +464,7 @@ async fn run_worker(pool: &Arc<PoolShared>, slot: usize, spec: &WorkerSpec, stop
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::sleep;
 
     /// A pool whose single worker can never start, on paused time: its supervisor fails, backs off and retries
     /// without any real waiting.
