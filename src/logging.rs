@@ -306,10 +306,35 @@ impl fmt::Display for HumanSize {
     }
 }
 
+/// A duration as the access line prints it, seconds with four decimals (`0.0123`), rounded to the nearest 100 µs.
+/// Integer arithmetic: float formatting cost more than the rest of the line.
+pub struct Seconds(pub std::time::Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tenths_of_ms = (self.0.as_micros() + 50) / 100;
+        write!(f, "{}.{:04}", tenths_of_ms / 10_000, tenths_of_ms % 10_000)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn seconds_with_four_decimals() {
+        let text = |micros| Seconds(Duration::from_micros(micros)).to_string();
+        assert_eq!(text(0), "0.0000");
+        assert_eq!(text(49), "0.0000");
+        assert_eq!(text(50), "0.0001");
+        assert_eq!(text(12_345), "0.0123");
+        assert_eq!(text(2_999_960), "3.0000");
+        assert_eq!(text(61_000_000), "61.0000");
+        for micros in [1u64, 999, 1_234_567, 9_876_543] {
+            assert_eq!(text(micros), format!("{:.4}", (micros as f64 / 1e6 * 1e4).round() / 1e4), "{micros}");
+        }
+    }
 
     #[test]
     fn timestamps() {

@@ -36,13 +36,19 @@ pub fn canonical_header_key(name: &str) -> String {
 /// The variables a forked function gets on top of the inherited environment, in the order Go appends them.
 pub fn function_env(envelope: &Envelope, flavour: EnvFlavour) -> Vec<(OsString, OsString)> {
     let mut env = Vec::with_capacity(envelope.headers.len() + 8);
-    let mut seen = std::collections::HashSet::new();
+    // A handful of headers: a linear scan costs less than hashing them.
+    let mut seen: Vec<String> = Vec::with_capacity(envelope.headers.len());
     for header in &envelope.headers {
         let key = canonical_header_key(&header.name);
         // Go's Header map keeps only the first value per canonical name in Http_* (v[0]).
-        if seen.insert(key.clone()) {
-            env.push((var(format!("Http_{}", key.replace('-', "_"))), OsString::from_vec(header.value.to_vec())));
+        if seen.contains(&key) {
+            continue;
         }
+        let mut name = String::with_capacity(5 + key.len());
+        name.push_str("Http_");
+        name.extend(key.chars().map(|c| if c == '-' { '_' } else { c }));
+        env.push((OsString::from(name), OsString::from_vec(header.value.to_vec())));
+        seen.push(key);
     }
     let Some(http) = envelope.carrier() else {
         return env;

@@ -17,8 +17,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const SPILL_THRESHOLD: usize = 256 * 1024;
 /// How many leading bytes stay in memory for content sniffing.
 const HEAD_BYTES: usize = 512;
-/// Room made before each read: most outputs fit in one read, and the buffer is never zeroed.
+/// Room made when a read needs it: most outputs fit in one read, and the buffer is never zeroed.
 const READ_ROOM: usize = 16 * 1024;
+/// Below this much spare room the buffer grows before the next read (growing copies what it holds, so a read
+/// that finds the end of the output must not trigger it).
+const MIN_ROOM: usize = 4 * 1024;
 /// The largest single read once the output is on disk.
 const FILE_READ: usize = 64 * 1024;
 
@@ -107,7 +110,9 @@ impl SpillBuffer {
     /// at the end of input.
     pub async fn read_from<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<&[u8]> {
         if self.file.is_none() {
-            self.memory.reserve(READ_ROOM);
+            if self.memory.capacity() - self.memory.len() < MIN_ROOM {
+                self.memory.reserve(READ_ROOM);
+            }
             let start = self.memory.len();
             let n = reader.read_buf(&mut self.memory).await?;
             self.len += n as u64;

@@ -102,13 +102,14 @@ impl Ingress {
         let on_end = move |sent: u64| {
             drop(slot);
             drop(in_flight);
-            let seconds = start.elapsed().as_secs_f64();
-            metrics.observe(protocol, &method, status, seconds);
+            let elapsed = start.elapsed();
+            metrics.observe(protocol, &method, status, elapsed.as_secs_f64());
             if !quiet {
                 tracing::info!(
                     target: "access",
-                    "{method} {target} - {status} - ContentLength: {} ({seconds:.4}s)",
-                    crate::logging::HumanSize(sent)
+                    "{method} {target} - {status} - ContentLength: {} ({}s)",
+                    crate::logging::HumanSize(sent),
+                    crate::logging::Seconds(elapsed)
                 );
             }
         };

@@ -149,15 +149,16 @@ pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Res
     let on_end = move |code: Code, sent: u64| {
         drop(slot);
         drop(in_flight);
-        let seconds = start.elapsed().as_secs_f64();
+        let elapsed = start.elapsed();
         let status = http_status_for_grpc(code);
-        metrics.observe("grpc", &Method::POST, status, seconds);
+        metrics.observe("grpc", &Method::POST, status, elapsed.as_secs_f64());
         if !quiet {
             tracing::info!(
                 target: "access",
-                "POST {path} - {status} - grpc-status: {} - ContentLength: {} ({seconds:.4}s)",
+                "POST {path} - {status} - grpc-status: {} - ContentLength: {} ({}s)",
                 code as i32,
-                crate::logging::HumanSize(sent)
+                crate::logging::HumanSize(sent),
+                crate::logging::Seconds(elapsed)
             );
         }
     };
