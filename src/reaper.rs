@@ -1,6 +1,7 @@
 //! PID 1 duties. In a scratch image the watchdog is PID 1, so processes orphaned by functions (a backgrounded
 //! grandchild) are re-parented to it and must be reaped, or they stay zombies. The watchdog's own children
-//! are reaped by tokio, which needs their exit statuses, so the reaper skips every pid in the
+//! are reaped by their owners (tokio, or the fork backend through a pidfd), which need their exit statuses, so
+//! the reaper skips every pid in the
 //! [`ChildRegistry`].
 
 use std::collections::HashMap;
@@ -40,7 +41,7 @@ impl ChildRegistry {
         Ok(value)
     }
 
-    /// Forgets a child once tokio has reaped it (or handed it to its orphan queue).
+    /// Forgets a child once it has been reaped (by tokio, or by the fork backend through its pidfd).
     pub fn forget(&self, pid: i32) {
         if let Some(children) = &self.children {
             let mut children = lock(children);

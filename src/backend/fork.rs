@@ -20,7 +20,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::cgi::{self, Base64Stream, EnvFlavour};
 use super::logs::{log_lines_keeping, Tail};
-use super::process::{describe_exit, FunctionProcess, StdinPipe};
+use super::process::{describe_exit, FunctionProcess, SpawnTemplate, StdinPipe};
 use super::sniff::detect_content_type;
 use super::spill::{Output, SpillBuffer};
 use super::{BodyLimits, Invocation};
@@ -48,7 +48,8 @@ pub enum ForkStyle {
 /// Runs one function process per request.
 pub struct ForkBackend {
     style: ForkStyle,
-    argv: Vec<String>,
+    /// `fprocess`, prepared for spawning.
+    template: SpawnTemplate,
     cgi_headers: bool,
     combine_output: bool,
     marshal_request: bool,
@@ -75,7 +76,7 @@ impl ForkBackend {
         };
         ForkBackend {
             style,
-            argv: config.fprocess.clone(),
+            template: SpawnTemplate::new(&config.fprocess),
             cgi_headers: config.cgi_headers,
             combine_output: config.combine_output,
             marshal_request: config.marshal_request,
@@ -126,7 +127,7 @@ impl ForkBackend {
         let flavour = if self.style == ForkStyle::Classic { EnvFlavour::Classic } else { EnvFlavour::OfWatchdog };
         let mut env = if self.cgi_headers { cgi::function_env(&invocation.envelope, flavour) } else { Vec::new() };
         env.extend(cgi::kind_env(&invocation.envelope));
-        FunctionProcess::spawn(&self.argv, env, combine, &self.children).map_err(|e| self.failure(e.0, None, None))
+        FunctionProcess::spawn(&self.template, env, combine, &self.children).map_err(|e| self.failure(e.0, None, None))
     }
 
     fn failure(&self, reason: String, output: Option<Output>, duration: Option<f64>) -> InvokeError {
@@ -216,7 +217,7 @@ impl ForkBackend {
                 }
                 _ = &mut exec_timer, if exec_deadline.is_some() && !exec_expired => {
                     exec_expired = true;
-                    tracing::info!("Killing process: {}", self.argv.join(" "));
+                    tracing::info!("Killing process: {}", self.template.argv().join(" "));
                     process.signal_group(Signal::SIGKILL);
                     if self.style == ForkStyle::Classic || !plain_http {
                         let _ = process.wait().await;
@@ -418,7 +419,9 @@ impl ForkBackend {
                 let _ = reply.send(Ok(self.streaming_head().body(body::empty()).expect("valid response")));
             }
             // Output already streamed with a 200: like of-watchdog, log the failure and end the body normally.
-            (Some(reason), None) => tracing::info!("{} exited: after {duration:.2}s, error: {reason}", self.argv[0]),
+            (Some(reason), None) => {
+                tracing::info!("{} exited: after {duration:.2}s, error: {reason}", self.template.argv()[0])
+            }
             (None, None) => {}
         }
     }

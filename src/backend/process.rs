@@ -1,17 +1,27 @@
 //! One forked function process: spawned in its own process group so a timeout or shutdown reaches everything it
 //! started, with pipes the watchdog reads, and exits and start failures described as Go's `os/exec` does.
+//!
+//! Function processes are started with `posix_spawnp` directly and reaped through a pidfd, not through
+//! `std::process::Command`: one spawn per request made the standard library's environment handling (a sorted
+//! copy of the whole environment, merged and copied again into C strings, on every spawn) about sixty of the
+//! hundred allocations a request cost. The program, its arguments and the inherited environment are prepared
+//! once ([`SpawnTemplate`]); a request adds only its own variables.
 
-use std::ffi::OsString;
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io::{ErrorKind, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::signal::{killpg, Signal};
+use nix::spawn::{posix_spawnp, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+use nix::sys::signal::{killpg, SigSet, Signal};
 use nix::unistd::Pid;
+use rustix::process::{pidfd_open, waitid, PidfdFlags, WaitId, WaitIdOptions};
+use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
@@ -19,11 +29,88 @@ use tokio_util::sync::CancellationToken;
 
 use crate::reaper::ChildRegistry;
 
+/// What every spawn of one function shares, prepared once: the program, its arguments and the watchdog's own
+/// environment as C strings.
+#[derive(Debug)]
+pub struct SpawnTemplate {
+    /// `fprocess` split on spaces, as given (for messages).
+    argv: Vec<String>,
+    /// The same as C strings; empty when an argument holds a NUL byte (then every spawn fails, as exec would).
+    c_argv: Vec<CString>,
+    /// The inherited environment: each variable's name and its `NAME=value` string.
+    inherited: Vec<(OsString, CString)>,
+}
+
+impl SpawnTemplate {
+    /// A template for `argv` with the current process environment.
+    pub fn new(argv: &[String]) -> SpawnTemplate {
+        SpawnTemplate::with_environment(argv, std::env::vars_os())
+    }
+
+    /// A template for `argv` with `environment` as the inherited part.
+    pub fn with_environment(argv: &[String], environment: impl IntoIterator<Item = (OsString, OsString)>) -> Self {
+        let c_argv: Option<Vec<CString>> = argv.iter().map(|a| CString::new(a.as_bytes()).ok()).collect();
+        let inherited = environment
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.clone(), env_entry(&name, &value)?)))
+            .collect();
+        SpawnTemplate { argv: argv.to_vec(), c_argv: c_argv.unwrap_or_default(), inherited }
+    }
+
+    /// `fprocess` as given.
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+}
+
+/// `NAME=value` as a C string; `None` when either holds a NUL byte.
+fn env_entry(name: &OsStr, value: &OsStr) -> Option<CString> {
+    let mut entry = Vec::with_capacity(name.len() + 1 + value.len() + 1);
+    entry.extend_from_slice(name.as_bytes());
+    entry.push(b'=');
+    entry.extend_from_slice(value.as_bytes());
+    CString::new(entry).ok()
+}
+
+/// A spawned child, reaped through its pidfd.
+struct Reapable {
+    pid: Pid,
+    pidfd: AsyncFd<OwnedFd>,
+}
+
+impl Reapable {
+    /// Waits until the child has exited and reaps it.
+    async fn wait(&self) -> std::io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            let mut ready = self.pidfd.readable().await?;
+            ready.clear_ready();
+        }
+    }
+
+    /// Reaps the child if it has exited.
+    fn try_wait(&self) -> std::io::Result<Option<ExitStatus>> {
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+        let status = waitid(WaitId::PidFd(self.pidfd.get_ref().as_fd()), options)?;
+        Ok(status.map(|status| {
+            // Back to the raw wait status `ExitStatus` is made from: code << 8, or the signal (| 0x80 if dumped).
+            let raw = match (status.exit_status(), status.terminating_signal()) {
+                (Some(code), _) if status.exited() => (code & 0xff) << 8,
+                (_, Some(signal)) => signal | if status.dumped() { 0x80 } else { 0 },
+                _ => 0,
+            };
+            ExitStatus::from_raw(raw)
+        }))
+    }
+}
+
 /// A running function process and its pipes.
 pub struct FunctionProcess {
-    /// The child; its pid is also its process group id.
-    pub child: Child,
-    /// Its process group.
+    /// The child, until it is reaped or handed to a reaping task on drop.
+    child: Option<Reapable>,
+    /// Its process group (the child's pid).
     pub group: Pid,
     /// Its stdin, until the request body has been written.
     pub stdin: Option<StdinPipe>,
@@ -41,49 +128,89 @@ pub struct FunctionProcess {
 pub struct SpawnError(pub String);
 
 impl FunctionProcess {
-    /// Starts `argv` with the inherited environment plus `env`, in a new process group.
-    /// With `combine`, stdout and stderr share one pipe, so their interleaving is kept as Go's
-    /// `CombinedOutput` keeps it.
+    /// Starts `template`'s program with the inherited environment plus `env` (which wins over a same-named
+    /// inherited variable), in a new process group. With `combine`, stdout and stderr share one pipe, so their
+    /// interleaving is kept as Go's `CombinedOutput` keeps it.
     pub fn spawn(
-        argv: &[String],
+        template: &SpawnTemplate,
         env: Vec<(OsString, OsString)>,
         combine: bool,
         registry: &Arc<ChildRegistry>,
     ) -> Result<FunctionProcess, SpawnError> {
-        let (program, args) = argv.split_first().ok_or_else(|| SpawnError("exec: no command".into()))?;
+        let program = template.argv.first().ok_or_else(|| SpawnError("exec: no command".into()))?;
         let describe = |e: std::io::Error| SpawnError(describe_spawn_error(program, &e));
+        let invalid = |what: &str| SpawnError(format!("fork/exec {program}: {what} contains a NUL byte"));
+        if template.c_argv.len() != template.argv.len() {
+            return Err(invalid("the command line"));
+        }
+        let own: Vec<CString> = env
+            .iter()
+            .map(|(name, value)| env_entry(name, value))
+            .collect::<Option<_>>()
+            .ok_or_else(|| invalid("a variable"))?;
+        let mut envp: Vec<&CStr> = Vec::with_capacity(template.inherited.len() + own.len());
+        envp.extend(
+            template
+                .inherited
+                .iter()
+                .filter(|(name, _)| !env.iter().any(|(n, _)| n == name))
+                .map(|(_, e)| e.as_c_str()),
+        );
+        envp.extend(own.iter().map(CString::as_c_str));
+
         let (in_reader, in_writer) = std::io::pipe().map_err(describe)?;
         let (out_reader, out_writer) = std::io::pipe().map_err(describe)?;
-        let (err_reader, stderr) = if combine {
-            (None, Stdio::from(out_writer.try_clone().map_err(describe)?))
+        let (err_reader, err_writer) = if combine {
+            (None, None)
         } else {
             let (reader, writer) = std::io::pipe().map_err(describe)?;
-            (Some(reader), Stdio::from(writer))
+            (Some(reader), Some(writer))
         };
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .envs(env)
-            .stdin(Stdio::from(in_reader))
-            .stdout(Stdio::from(out_writer))
-            .stderr(stderr)
-            .process_group(0);
-        let spawned = registry.spawn(|| {
-            let child = command.spawn()?;
-            let pid = child.id().expect("a just-spawned child has a pid") as i32;
-            Ok((child, pid))
+        let errno = |e: nix::errno::Errno| describe(std::io::Error::from(e));
+        let mut actions = PosixSpawnFileActions::init().map_err(errno)?;
+        // The originals are close-on-exec, so the child keeps only these copies.
+        actions.add_dup2(in_reader.as_raw_fd(), 0).map_err(errno)?;
+        actions.add_dup2(out_writer.as_raw_fd(), 1).map_err(errno)?;
+        let err_fd = err_writer.as_ref().map_or(out_writer.as_raw_fd(), AsRawFd::as_raw_fd);
+        actions.add_dup2(err_fd, 2).map_err(errno)?;
+        let mut attr = PosixSpawnAttr::init().map_err(errno)?;
+        attr.set_flags(
+            PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+                | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+        )
+        .map_err(errno)?;
+        attr.set_pgroup(Pid::from_raw(0)).map_err(errno)?;
+        attr.set_sigmask(&SigSet::empty()).map_err(errno)?;
+        // Rust ignores SIGPIPE; a function gets the default, as under the Go watchdogs.
+        let mut defaults = SigSet::empty();
+        defaults.add(Signal::SIGPIPE);
+        attr.set_sigdefault(&defaults).map_err(errno)?;
+
+        let pid = registry.spawn(|| {
+            let pid = posix_spawnp(&template.c_argv[0], &actions, &attr, &template.c_argv, &envp)?;
+            Ok::<_, nix::errno::Errno>((pid, pid.as_raw()))
         });
-        // The command holds our copies of the child's pipe ends: close them now, or EOF never comes.
-        drop(command);
-        let child = spawned.map_err(describe)?;
-        let group = Pid::from_raw(child.id().expect("a just-spawned child has a pid") as i32);
+        // Our copies of the child's ends: closed now, or EOF never comes.
+        drop((in_reader, out_writer, err_writer));
+        let pid = pid.map_err(errno)?;
+        let child = match reapable(pid) {
+            Ok(child) => child,
+            Err(e) => {
+                // Not watchable: stop it and reap it here rather than leave a zombie.
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                registry.forget(pid.as_raw());
+                return Err(describe(e));
+            }
+        };
         let output = receiver(OwnedFd::from(out_reader)).map_err(describe)?;
         let stderr = err_reader.map(|r| receiver(OwnedFd::from(r))).transpose().map_err(describe)?;
         let stdin = StdinPipe::new(OwnedFd::from(in_writer)).map_err(describe)?;
         Ok(FunctionProcess {
             stdin: Some(stdin),
-            child,
-            group,
+            child: Some(child),
+            group: pid,
             output: Some(output),
             stderr,
             reaped: false,
@@ -101,18 +228,20 @@ impl FunctionProcess {
 
     /// Waits for the leader to exit and reaps it.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        let status = self.child.wait().await;
-        if status.is_ok() {
-            self.reaped = true;
-        }
-        status
+        let child = self.child.as_ref().ok_or_else(|| std::io::Error::other("the function was already reaped"))?;
+        let status = child.wait().await?;
+        self.reaped = true;
+        self.child = None;
+        Ok(status)
     }
 
     /// Reaps the leader if it has already exited, without waiting.
     pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
-        let status = self.child.try_wait()?;
+        let Some(child) = &self.child else { return Ok(None) };
+        let status = child.try_wait()?;
         if status.is_some() {
             self.reaped = true;
+            self.child = None;
         }
         Ok(status)
     }
@@ -120,11 +249,37 @@ impl FunctionProcess {
 
 impl Drop for FunctionProcess {
     fn drop(&mut self) {
-        // A request abandoned mid-run (its task cancelled) must not leave its processes behind. tokio's
-        // orphan queue reaps the leader after this, so no zombie is left either.
+        // A request abandoned mid-run (its task cancelled) must not leave its processes behind, nor a zombie:
+        // the group is killed and the leader reaped in the background.
         self.signal_group(Signal::SIGKILL);
-        self.registry.forget(self.group.as_raw());
+        let registry = Arc::clone(&self.registry);
+        let pid = self.group.as_raw();
+        match (self.child.take(), tokio::runtime::Handle::try_current()) {
+            (Some(child), Ok(runtime)) => {
+                runtime.spawn(async move {
+                    let _ = child.wait().await;
+                    registry.forget(pid);
+                });
+            }
+            (Some(child), Err(_)) => {
+                let _ = nix::sys::wait::waitpid(child.pid, None);
+                registry.forget(pid);
+            }
+            (None, _) => registry.forget(pid),
+        }
     }
+}
+
+/// A pidfd for `pid`, registered with the runtime.
+fn reapable(pid: Pid) -> std::io::Result<Reapable> {
+    let raw = rustix::process::Pid::from_raw(pid.as_raw()).ok_or_else(|| std::io::Error::other("pid 0"))?;
+    let pidfd = pidfd_open(raw, PidfdFlags::empty())?;
+    // tokio deprecated this constructor (tokio#8587) because a `T` that can close or swap its descriptor while
+    // registered breaks the reactor's bookkeeping; an `OwnedFd` owned by the `AsyncFd` cannot, and is closed
+    // only after deregistration. The replacement, `register`, is `unsafe`, which this crate forbids.
+    #[allow(deprecated)]
+    let pidfd = AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)?;
+    Ok(Reapable { pid, pidfd })
 }
 
 /// Sets `O_NONBLOCK` on our end of a fresh pipe (the child's end is a separate open file, left blocking).
@@ -426,8 +581,14 @@ mod tests {
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
-        let err =
-            FunctionProcess::spawn(&["/definitely/not/here".into()], vec![], true, &Arc::default()).err().unwrap();
+        let err = FunctionProcess::spawn(
+            &SpawnTemplate::new(&["/definitely/not/here".into()]),
+            vec![],
+            true,
+            &Arc::default(),
+        )
+        .err()
+        .unwrap();
         assert_eq!(err.0, "fork/exec /definitely/not/here: no such file or directory");
     }
 
@@ -436,7 +597,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let argv: Vec<String> =
             ["sh", "-c", "echo out; echo err >&2; echo out2"].iter().map(|s| s.to_string()).collect();
-        let mut p = FunctionProcess::spawn(&argv, vec![], true, &Arc::default()).unwrap();
+        let mut p = FunctionProcess::spawn(&SpawnTemplate::new(&argv), vec![], true, &Arc::default()).unwrap();
         drop(p.stdin.take());
         let mut text = String::new();
         p.output.take().unwrap().read_to_string(&mut text).await.unwrap();
@@ -448,7 +609,7 @@ mod tests {
     async fn stdin_takes_more_than_a_pipe_holds_and_reports_a_closed_reader() {
         use tokio::io::AsyncReadExt;
         let argv: Vec<String> = ["cat"].iter().map(|s| s.to_string()).collect();
-        let mut p = FunctionProcess::spawn(&argv, vec![], true, &Arc::default()).unwrap();
+        let mut p = FunctionProcess::spawn(&SpawnTemplate::new(&argv), vec![], true, &Arc::default()).unwrap();
         let mut stdin = p.stdin.take().unwrap();
         let mut output = p.output.take().unwrap();
         let reader = tokio::spawn(async move {
@@ -466,7 +627,7 @@ mod tests {
         assert!(p.wait().await.unwrap().success());
 
         let argv: Vec<String> = ["true"].iter().map(|s| s.to_string()).collect();
-        let mut p = FunctionProcess::spawn(&argv, vec![], true, &Arc::default()).unwrap();
+        let mut p = FunctionProcess::spawn(&SpawnTemplate::new(&argv), vec![], true, &Arc::default()).unwrap();
         let mut stdin = p.stdin.take().unwrap();
         assert!(p.wait().await.unwrap().success());
         let error = stdin.write_all(b"nobody reads this").await.unwrap_err();
@@ -486,5 +647,80 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 700, 700]);
         assert_eq!(backoff.next_delay(Duration::from_secs(5)), Duration::from_millis(100), "a long run resets");
         assert_eq!(backoff.next_delay(Duration::from_secs(4)), Duration::from_millis(200));
+    }
+
+    /// Runs `script` with `sh -c` from a template whose inherited environment is `inherited` plus PATH; returns
+    /// the output and the exit status.
+    async fn run_script(
+        script: &str,
+        inherited: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> (String, std::process::ExitStatus) {
+        use tokio::io::AsyncReadExt;
+        let argv: Vec<String> = ["sh", "-c", script].iter().map(|s| s.to_string()).collect();
+        let mut environment: Vec<(OsString, OsString)> =
+            inherited.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
+        environment.push(("PATH".into(), std::env::var_os("PATH").unwrap_or_default()));
+        let template = SpawnTemplate::with_environment(&argv, environment);
+        let env = env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
+        let mut p = FunctionProcess::spawn(&template, env, true, &Arc::default()).unwrap();
+        drop(p.stdin.take());
+        let mut text = String::new();
+        p.output.take().unwrap().read_to_string(&mut text).await.unwrap();
+        (text, p.wait().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_request_environment_wins_over_the_inherited_one() {
+        let (text, status) = run_script(
+            r#"echo "$KEEP $Http_X""#,
+            &[("KEEP", "kept"), ("Http_X", "inherited")],
+            &[("Http_X", "request")],
+        )
+        .await;
+        assert_eq!(text, "kept request\n");
+        assert!(status.success());
+    }
+
+    #[tokio::test]
+    async fn a_function_runs_in_its_own_group_with_default_signals() {
+        // Field 5 of /proc/PID/stat is the process group; SigIgn is the mask of ignored signals (the test
+        // harness, like the watchdog, ignores SIGPIPE).
+        let script = r#"echo $$ $(cut -d' ' -f5 /proc/$$/stat) $(grep SigIgn /proc/$$/status | cut -f2)"#;
+        let (text, _) = run_script(script, &[], &[]).await;
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(fields[0], fields[1], "the function leads its own process group: {text}");
+        let ignored = u64::from_str_radix(fields[2], 16).unwrap();
+        assert_eq!(ignored & (1 << (Signal::SIGPIPE as u32 - 1)), 0, "SIGPIPE is back to its default: {text}");
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_signals_come_back_as_go_describes_them() {
+        let (_, status) = run_script("exit 3", &[], &[]).await;
+        assert_eq!(describe_exit(status).as_deref(), Some("exit status 3"));
+        let (_, status) = run_script("kill -KILL $$", &[], &[]).await;
+        assert_eq!(describe_exit(status).as_deref(), Some("signal: killed"));
+    }
+
+    #[tokio::test]
+    async fn a_nul_byte_in_a_variable_is_a_spawn_error() {
+        let argv: Vec<String> = vec!["true".into()];
+        let env = vec![(OsString::from("Http_Path"), OsString::from("/a\0b"))];
+        let err = FunctionProcess::spawn(&SpawnTemplate::new(&argv), env, true, &Arc::default()).err().unwrap();
+        assert!(err.0.contains("NUL byte"), "{}", err.0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_process_is_killed_and_reaped() {
+        let argv: Vec<String> = ["sleep", "60"].iter().map(|s| s.to_string()).collect();
+        let p = FunctionProcess::spawn(&SpawnTemplate::new(&argv), vec![], true, &Arc::default()).unwrap();
+        let pid = p.group.as_raw();
+        drop(p);
+        // Gone entirely (not a zombie) once the background reaper has run.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(std::time::Instant::now() < deadline, "pid {pid} still exists");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
