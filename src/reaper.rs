@@ -1,8 +1,7 @@
 //! PID 1 duties. In a scratch image the watchdog is PID 1, so processes orphaned by functions (a backgrounded
 //! grandchild) are re-parented to it and must be reaped, or they stay zombies. The watchdog's own children
 //! are reaped by their owners (tokio, or the fork backend through a pidfd), which need their exit statuses, so
-//! the reaper skips every pid in the
-//! [`ChildRegistry`].
+//! the reaper skips every pid in the [`ChildRegistry`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
