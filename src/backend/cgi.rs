@@ -2,9 +2,8 @@
 //! `marshal_request` JSON, byte for byte as the Go watchdogs build them.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
 
+use super::process::EnvVar;
 use crate::envelope::Envelope;
 
 /// Which original's variable set to reproduce.
@@ -34,7 +33,7 @@ pub fn canonical_header_key(name: &str) -> String {
 }
 
 /// The variables a forked function gets on top of the inherited environment, in the order Go appends them.
-pub fn function_env(envelope: &Envelope, flavour: EnvFlavour) -> Vec<(OsString, OsString)> {
+pub fn function_env(envelope: &Envelope, flavour: EnvFlavour) -> Vec<EnvVar> {
     let mut env = Vec::with_capacity(envelope.headers.len() + 8);
     // A handful of headers: a linear scan costs less than hashing them.
     let mut seen: Vec<String> = Vec::with_capacity(envelope.headers.len());
@@ -44,34 +43,32 @@ pub fn function_env(envelope: &Envelope, flavour: EnvFlavour) -> Vec<(OsString, 
         if seen.contains(&key) {
             continue;
         }
-        let mut name = String::with_capacity(5 + key.len());
-        name.push_str("Http_");
-        name.extend(key.chars().map(|c| if c == '-' { '_' } else { c }));
-        env.push((OsString::from(name), OsString::from_vec(header.value.to_vec())));
+        let name = key.bytes().map(|b| if b == b'-' { b'_' } else { b });
+        env.push(EnvVar::from_name_parts(b"Http_", name, &header.value));
         seen.push(key);
     }
     let Some(http) = envelope.carrier() else {
         return env;
     };
-    env.push((var("Http_Method"), var(http.method.clone())));
+    env.push(EnvVar::new("Http_Method", &http.method));
     if flavour == EnvFlavour::Classic {
         let length = envelope.content_length.to_string();
-        env.push((var("Http_ContentLength"), var(length.clone())));
-        env.push((var("Http_Content_Length"), var(length)));
+        env.push(EnvVar::new("Http_ContentLength", &length));
+        env.push(EnvVar::new("Http_Content_Length", &length));
         if !http.transfer_encoding.is_empty() {
-            env.push((var("Http_Transfer_Encoding"), var(http.transfer_encoding.clone())));
+            env.push(EnvVar::new("Http_Transfer_Encoding", &http.transfer_encoding));
         }
     }
     if !http.query.is_empty() {
-        env.push((var("Http_Query"), var(http.query.clone())));
+        env.push(EnvVar::new("Http_Query", &http.query));
     }
     if !http.path.is_empty() {
-        env.push((var("Http_Path"), OsString::from_vec(http.path.to_vec())));
+        env.push(EnvVar::new("Http_Path", &http.path));
     }
     match flavour {
-        EnvFlavour::Classic if !http.host.is_empty() => env.push((var("Http_Host"), var(http.host.clone()))),
+        EnvFlavour::Classic if !http.host.is_empty() => env.push(EnvVar::new("Http_Host", &http.host)),
         EnvFlavour::OfWatchdog if !http.transfer_encoding.is_empty() => {
-            env.push((var("Http_Transfer_Encoding"), var(http.transfer_encoding.clone())))
+            env.push(EnvVar::new("Http_Transfer_Encoding", &http.transfer_encoding))
         }
         _ => {}
     }
@@ -80,21 +77,19 @@ pub fn function_env(envelope: &Envelope, flavour: EnvFlavour) -> Vec<(OsString, 
 
 /// The variables that describe a CloudEvent or gRPC call, set whatever `cgi_headers` says: `CE_<ATTRIBUTE>` for
 /// every attribute and extension (`CE_ID`, `CE_SOURCE`, ..., upper case), and `Grpc_Method`.
-pub fn kind_env(envelope: &Envelope) -> Vec<(OsString, OsString)> {
+pub fn kind_env(envelope: &Envelope) -> Vec<EnvVar> {
     if let Some(event) = envelope.cloudevent() {
         return crate::cloudevent::attributes(event)
             .into_iter()
-            .map(|(name, value)| (var(format!("CE_{}", name.to_ascii_uppercase())), var(value)))
+            .map(|(name, value)| {
+                EnvVar::from_name_parts(b"CE_", name.bytes().map(|b| b.to_ascii_uppercase()), value.as_bytes())
+            })
             .collect();
     }
     if let Some(call) = envelope.grpc() {
-        return vec![(var("Grpc_Method"), var(call.method.clone()))];
+        return vec![EnvVar::new("Grpc_Method", &call.method)];
     }
     Vec::new()
-}
-
-fn var(s: impl Into<String>) -> OsString {
-    OsString::from(s.into())
 }
 
 /// The part of the classic `marshal_request` JSON before the base64 body:
@@ -204,8 +199,8 @@ mod tests {
         }
     }
 
-    fn lookup(env: &[(OsString, OsString)], key: &str) -> Option<String> {
-        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.to_string_lossy().into_owned())
+    fn lookup(env: &[EnvVar], key: &str) -> Option<String> {
+        env.iter().find(|v| v.name() == key.as_bytes()).map(|v| String::from_utf8_lossy(v.value()).into_owned())
     }
 
     #[test]

@@ -63,6 +63,41 @@ impl SpawnTemplate {
     }
 }
 
+/// One variable of a function's environment, `NAME=value` in one buffer with room for the C string's NUL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    entry: Vec<u8>,
+    name_len: usize,
+}
+
+impl EnvVar {
+    /// `name=value`.
+    pub fn new(name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> EnvVar {
+        EnvVar::from_name_parts(name.as_ref(), std::iter::empty(), value.as_ref())
+    }
+
+    /// `prefix` and `rest` make the name (`Http_` and a header's name), without building the name apart.
+    pub fn from_name_parts(prefix: &[u8], rest: impl ExactSizeIterator<Item = u8>, value: &[u8]) -> EnvVar {
+        let mut entry = Vec::with_capacity(prefix.len() + rest.len() + 1 + value.len() + 1);
+        entry.extend_from_slice(prefix);
+        entry.extend(rest);
+        let name_len = entry.len();
+        entry.push(b'=');
+        entry.extend_from_slice(value);
+        EnvVar { entry, name_len }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &[u8] {
+        &self.entry[..self.name_len]
+    }
+
+    /// The value.
+    pub fn value(&self) -> &[u8] {
+        &self.entry[self.name_len + 1..]
+    }
+}
+
 /// `NAME=value` as a C string; `None` when either holds a NUL byte.
 fn env_entry(name: &OsStr, value: &OsStr) -> Option<CString> {
     let mut entry = Vec::with_capacity(name.len() + 1 + value.len() + 1);
@@ -133,7 +168,7 @@ impl FunctionProcess {
     /// interleaving is kept as Go's `CombinedOutput` keeps it.
     pub fn spawn(
         template: &SpawnTemplate,
-        env: Vec<(OsString, OsString)>,
+        env: Vec<EnvVar>,
         combine: bool,
         registry: &Arc<ChildRegistry>,
     ) -> Result<FunctionProcess, SpawnError> {
@@ -143,19 +178,15 @@ impl FunctionProcess {
         if template.c_argv.len() != template.argv.len() {
             return Err(invalid("the command line"));
         }
+        let overridden = |name: &OsString| env.iter().any(|v| v.name() == name.as_bytes());
+        let mut envp: Vec<&CStr> =
+            template.inherited.iter().filter(|(name, _)| !overridden(name)).map(|(_, e)| e.as_c_str()).collect();
+        // Each buffer already has room for its NUL: no copy.
         let own: Vec<CString> = env
-            .iter()
-            .map(|(name, value)| env_entry(name, value))
+            .into_iter()
+            .map(|v| CString::new(v.entry).ok())
             .collect::<Option<_>>()
             .ok_or_else(|| invalid("a variable"))?;
-        let mut envp: Vec<&CStr> = Vec::with_capacity(template.inherited.len() + own.len());
-        envp.extend(
-            template
-                .inherited
-                .iter()
-                .filter(|(name, _)| !env.iter().any(|(n, _)| n == name))
-                .map(|(_, e)| e.as_c_str()),
-        );
         envp.extend(own.iter().map(CString::as_c_str));
 
         let (in_reader, in_writer) = std::io::pipe().map_err(describe)?;
@@ -662,7 +693,7 @@ mod tests {
             inherited.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
         environment.push(("PATH".into(), std::env::var_os("PATH").unwrap_or_default()));
         let template = SpawnTemplate::with_environment(&argv, environment);
-        let env = env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
+        let env = env.iter().map(|(k, v)| EnvVar::new(k, v)).collect();
         let mut p = FunctionProcess::spawn(&template, env, true, &Arc::default()).unwrap();
         drop(p.stdin.take());
         let mut text = String::new();
@@ -705,7 +736,7 @@ mod tests {
     #[tokio::test]
     async fn a_nul_byte_in_a_variable_is_a_spawn_error() {
         let argv: Vec<String> = vec!["true".into()];
-        let env = vec![(OsString::from("Http_Path"), OsString::from("/a\0b"))];
+        let env = vec![EnvVar::new("Http_Path", "/a\0b")];
         let err = FunctionProcess::spawn(&SpawnTemplate::new(&argv), env, true, &Arc::default()).err().unwrap();
         assert!(err.0.contains("NUL byte"), "{}", err.0);
     }
