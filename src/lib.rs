@@ -14,7 +14,8 @@
 //!  envelope    the typed request of proto/watchdog/v1 (SPEC §7), shared by every ingress and backend
 //!    │
 //!  backend     backend::fork runs one process per request (classic, streaming, serializing):
-//!    │         cgi (Http_* environment, marshal_request), process (process groups, Go's exit wording),
+//!    │         cgi (Http_* environment, marshal_request), process (posix_spawn, pidfd reaping, process groups,
+//!    │         restart backoff, Go's exit wording),
 //!    │         spill (output held until exit, on disk past a threshold), sniff (Go's content sniffing);
 //!    │         backend::framed runs long-lived workers (mode=http): codec (watchdog.v1 frames), connection
 //!    │         (one worker's socket and streams), pool (start, supervise, restart, lease);
