@@ -7,7 +7,7 @@
 //! hundred allocations a request cost. The program, its arguments and the inherited environment are prepared
 //! once ([`SpawnTemplate`]); a request adds only its own variables.
 
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::io::{ErrorKind, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -30,15 +30,23 @@ use tokio_util::sync::CancellationToken;
 use crate::reaper::ChildRegistry;
 
 /// What every spawn of one function shares, prepared once: the program, its arguments and the watchdog's own
-/// environment as C strings.
-#[derive(Debug)]
+/// environment as C strings, and the spawn attributes (own process group, no blocked signals, SIGPIPE at its
+/// default).
 pub struct SpawnTemplate {
     /// `fprocess` split on spaces, as given (for messages).
     argv: Vec<String>,
     /// The same as C strings; empty when an argument holds a NUL byte (then every spawn fails, as exec would).
     c_argv: Vec<CString>,
-    /// The inherited environment: each variable's name and its `NAME=value` string.
-    inherited: Vec<(OsString, CString)>,
+    /// The inherited environment, `NAME=value` each.
+    inherited: Vec<CString>,
+    /// Attributes for `posix_spawnp`, or why they could not be set up (then every spawn fails with it).
+    attr: Result<PosixSpawnAttr, nix::errno::Errno>,
+}
+
+impl std::fmt::Debug for SpawnTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpawnTemplate").field("argv", &self.argv).finish_non_exhaustive()
+    }
 }
 
 impl SpawnTemplate {
@@ -52,9 +60,9 @@ impl SpawnTemplate {
         let c_argv: Option<Vec<CString>> = argv.iter().map(|a| CString::new(a.as_bytes()).ok()).collect();
         let inherited = environment
             .into_iter()
-            .filter_map(|(name, value)| Some((name.clone(), env_entry(&name, &value)?)))
+            .filter_map(|(name, value)| EnvVar::new(name.as_bytes(), value.as_bytes()).into_c_string())
             .collect();
-        SpawnTemplate { argv: argv.to_vec(), c_argv: c_argv.unwrap_or_default(), inherited }
+        SpawnTemplate { argv: argv.to_vec(), c_argv: c_argv.unwrap_or_default(), inherited, attr: spawn_attr() }
     }
 
     /// `fprocess` as given.
@@ -96,22 +104,39 @@ impl EnvVar {
     pub fn value(&self) -> &[u8] {
         &self.entry[self.name_len + 1..]
     }
+
+    /// `NAME=value` as a C string, in the same buffer (it has room for the NUL); `None` when either part holds a
+    /// NUL byte.
+    fn into_c_string(self) -> Option<CString> {
+        CString::new(self.entry).ok()
+    }
 }
 
-/// `NAME=value` as a C string; `None` when either holds a NUL byte.
-fn env_entry(name: &OsStr, value: &OsStr) -> Option<CString> {
-    let mut entry = Vec::with_capacity(name.len() + 1 + value.len() + 1);
-    entry.extend_from_slice(name.as_bytes());
-    entry.push(b'=');
-    entry.extend_from_slice(value.as_bytes());
-    CString::new(entry).ok()
+/// The name part of a `NAME=value` entry (names cannot hold `=`).
+fn name_of(entry: &CStr) -> &[u8] {
+    let bytes = entry.to_bytes();
+    bytes.split(|b| *b == b'=').next().unwrap_or(bytes)
+}
+
+/// The attributes every function is spawned with: its own process group, no blocked signals, and SIGPIPE back
+/// at its default (Rust ignores it; a function gets what the Go watchdogs give it).
+fn spawn_attr() -> Result<PosixSpawnAttr, nix::errno::Errno> {
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+            | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    attr.set_pgroup(Pid::from_raw(0))?;
+    attr.set_sigmask(&SigSet::empty())?;
+    let mut defaults = SigSet::empty();
+    defaults.add(Signal::SIGPIPE);
+    attr.set_sigdefault(&defaults)?;
+    Ok(attr)
 }
 
 /// A spawned child, reaped through its pidfd.
-struct Reapable {
-    pid: Pid,
-    pidfd: AsyncFd<OwnedFd>,
-}
+struct Reapable(AsyncFd<OwnedFd>);
 
 impl Reapable {
     /// Waits until the child has exited and reaps it.
@@ -120,7 +145,7 @@ impl Reapable {
             if let Some(status) = self.try_wait()? {
                 return Ok(status);
             }
-            let mut ready = self.pidfd.readable().await?;
+            let mut ready = self.0.readable().await?;
             ready.clear_ready();
         }
     }
@@ -128,7 +153,7 @@ impl Reapable {
     /// Reaps the child if it has exited.
     fn try_wait(&self) -> std::io::Result<Option<ExitStatus>> {
         let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
-        let status = waitid(WaitId::PidFd(self.pidfd.get_ref().as_fd()), options)?;
+        let status = waitid(WaitId::PidFd(self.0.get_ref().as_fd()), options)?;
         Ok(status.map(|status| {
             // Back to the raw wait status `ExitStatus` is made from: code << 8, or the signal (| 0x80 if dumped).
             let raw = match (status.exit_status(), status.terminating_signal()) {
@@ -143,7 +168,7 @@ impl Reapable {
 
 /// A running function process and its pipes.
 pub struct FunctionProcess {
-    /// The child, until it is reaped or handed to a reaping task on drop.
+    /// The child, until it is reaped (or handed to a reaping task on drop).
     child: Option<Reapable>,
     /// Its process group (the child's pid).
     pub group: Pid,
@@ -153,7 +178,6 @@ pub struct FunctionProcess {
     pub output: Option<pipe::Receiver>,
     /// Its stderr, when not combined with stdout.
     pub stderr: Option<pipe::Receiver>,
-    reaped: bool,
     registry: Arc<ChildRegistry>,
 }
 
@@ -178,15 +202,13 @@ impl FunctionProcess {
         if template.c_argv.len() != template.argv.len() {
             return Err(invalid("the command line"));
         }
-        let overridden = |name: &OsString| env.iter().any(|v| v.name() == name.as_bytes());
+        let errno = |e: nix::errno::Errno| describe(std::io::Error::from(e));
+        let attr = template.attr.as_ref().map_err(|e| errno(*e))?;
+        let overridden = |entry: &CStr| env.iter().any(|v| v.name() == name_of(entry));
         let mut envp: Vec<&CStr> =
-            template.inherited.iter().filter(|(name, _)| !overridden(name)).map(|(_, e)| e.as_c_str()).collect();
-        // Each buffer already has room for its NUL: no copy.
-        let own: Vec<CString> = env
-            .into_iter()
-            .map(|v| CString::new(v.entry).ok())
-            .collect::<Option<_>>()
-            .ok_or_else(|| invalid("a variable"))?;
+            template.inherited.iter().map(CString::as_c_str).filter(|e| !overridden(e)).collect();
+        let own: Vec<CString> =
+            env.into_iter().map(EnvVar::into_c_string).collect::<Option<_>>().ok_or_else(|| invalid("a variable"))?;
         envp.extend(own.iter().map(CString::as_c_str));
 
         let (in_reader, in_writer) = std::io::pipe().map_err(describe)?;
@@ -197,29 +219,15 @@ impl FunctionProcess {
             let (reader, writer) = std::io::pipe().map_err(describe)?;
             (Some(reader), Some(writer))
         };
-        let errno = |e: nix::errno::Errno| describe(std::io::Error::from(e));
         let mut actions = PosixSpawnFileActions::init().map_err(errno)?;
         // The originals are close-on-exec, so the child keeps only these copies.
         actions.add_dup2(in_reader.as_raw_fd(), 0).map_err(errno)?;
         actions.add_dup2(out_writer.as_raw_fd(), 1).map_err(errno)?;
         let err_fd = err_writer.as_ref().map_or(out_writer.as_raw_fd(), AsRawFd::as_raw_fd);
         actions.add_dup2(err_fd, 2).map_err(errno)?;
-        let mut attr = PosixSpawnAttr::init().map_err(errno)?;
-        attr.set_flags(
-            PosixSpawnFlags::POSIX_SPAWN_SETPGROUP
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-        )
-        .map_err(errno)?;
-        attr.set_pgroup(Pid::from_raw(0)).map_err(errno)?;
-        attr.set_sigmask(&SigSet::empty()).map_err(errno)?;
-        // Rust ignores SIGPIPE; a function gets the default, as under the Go watchdogs.
-        let mut defaults = SigSet::empty();
-        defaults.add(Signal::SIGPIPE);
-        attr.set_sigdefault(&defaults).map_err(errno)?;
 
         let pid = registry.spawn(|| {
-            let pid = posix_spawnp(&template.c_argv[0], &actions, &attr, &template.c_argv, &envp)?;
+            let pid = posix_spawnp(&template.c_argv[0], &actions, attr, &template.c_argv, &envp)?;
             Ok::<_, nix::errno::Errno>((pid, pid.as_raw()))
         });
         // Our copies of the child's ends: closed now, or EOF never comes.
@@ -244,7 +252,6 @@ impl FunctionProcess {
             group: pid,
             output: Some(output),
             stderr,
-            reaped: false,
             registry: Arc::clone(registry),
         })
     }
@@ -252,7 +259,7 @@ impl FunctionProcess {
     /// Sends `signal` to the whole process group. Only called before the leader is reaped, so the group id
     /// cannot have been reused.
     pub fn signal_group(&self, signal: Signal) {
-        if !self.reaped {
+        if self.child.is_some() {
             let _ = killpg(self.group, signal);
         }
     }
@@ -261,7 +268,6 @@ impl FunctionProcess {
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         let child = self.child.as_ref().ok_or_else(|| std::io::Error::other("the function was already reaped"))?;
         let status = child.wait().await?;
-        self.reaped = true;
         self.child = None;
         Ok(status)
     }
@@ -271,7 +277,6 @@ impl FunctionProcess {
         let Some(child) = &self.child else { return Ok(None) };
         let status = child.try_wait()?;
         if status.is_some() {
-            self.reaped = true;
             self.child = None;
         }
         Ok(status)
@@ -293,7 +298,8 @@ impl Drop for FunctionProcess {
                 });
             }
             (Some(child), Err(_)) => {
-                let _ = nix::sys::wait::waitpid(child.pid, None);
+                drop(child);
+                let _ = nix::sys::wait::waitpid(self.group, None);
                 registry.forget(pid);
             }
             (None, _) => registry.forget(pid),
@@ -310,7 +316,7 @@ fn reapable(pid: Pid) -> std::io::Result<Reapable> {
     // only after deregistration. The replacement, `register`, is `unsafe`, which this crate forbids.
     #[allow(deprecated)]
     let pidfd = AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)?;
-    Ok(Reapable { pid, pidfd })
+    Ok(Reapable(pidfd))
 }
 
 /// Sets `O_NONBLOCK` on our end of a fresh pipe (the child's end is a separate open file, left blocking).

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tonic::{Status, Streaming};
 
 use super::{
-    call_envelope, call_function, grpc_timeout, initial_metadata, is_metadata, streamed_answer, unary_answer,
+    call_envelope, call_function, grpc_timeout, is_metadata, streamed_answer, unary_answer, with_metadata,
     TrailingMetadata,
 };
 use crate::body::BoxError;
@@ -24,16 +24,17 @@ use crate::envelope::{Envelope, Header};
 use crate::ingress::Ingress;
 
 /// Answers one call to the Function service.
-pub(super) async fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> Response<tonic::body::Body> {
+pub(super) async fn serve(
+    ingress: Arc<Ingress>,
+    req: Request<Incoming>,
+    trailing: TrailingMetadata,
+) -> Response<tonic::body::Body> {
     let max = ingress.config.grpc_max_message_bytes;
     let timeout = grpc_timeout(req.headers());
     let (head, body) = req.into_parts();
-    let trailing = TrailingMetadata::default();
-    let service = FunctionService { ingress, head: head.clone(), timeout, trailing: trailing.clone() };
+    let service = FunctionService { ingress, head: head.clone(), timeout, trailing };
     let mut server = FunctionServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
-    let mut response = super::call_server(&mut server, Request::from_parts(head, body)).await;
-    response.extensions_mut().insert(trailing);
-    response
+    super::call_server(&mut server, Request::from_parts(head, body)).await
 }
 
 /// The Function service for one request (it needs that request's head for the envelope).
@@ -121,7 +122,7 @@ impl Function for FunctionService {
             };
             futures_util::stream::iter(parts)
         });
-        Ok(tonic::Response::from_parts(initial_metadata(&headers), chunks.boxed(), tonic::Extensions::default()))
+        Ok(with_metadata(&headers, chunks.boxed()))
     }
 }
 

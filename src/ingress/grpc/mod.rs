@@ -128,9 +128,9 @@ pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Res
     let path = req.uri().path().to_string();
     let route = Route::of(&path);
     match route {
-        Route::Health => return convert(health::serve(Arc::clone(&ingress), req).await, |_, _| {}),
-        Route::ReflectionV1 => return convert((ingress.grpc.reflection().0)(req).await, |_, _| {}),
-        Route::ReflectionV1alpha => return convert((ingress.grpc.reflection().1)(req).await, |_, _| {}),
+        Route::Health => return convert(health::serve(Arc::clone(&ingress), req).await, None, |_, _| {}),
+        Route::ReflectionV1 => return convert((ingress.grpc.reflection().0)(req).await, None, |_, _| {}),
+        Route::ReflectionV1alpha => return convert((ingress.grpc.reflection().1)(req).await, None, |_, _| {}),
         _ => {}
     }
     let start = Instant::now();
@@ -138,12 +138,13 @@ pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Res
         req.headers().get(::http::header::USER_AGENT).is_some_and(|ua| ua.as_bytes().starts_with(b"kube-probe"));
     let in_flight = InFlight::enter(&ingress.metrics);
     let slot = ingress.limiter.acquire();
+    let trailing = TrailingMetadata::default();
     let response = match (&slot, route) {
         (None, _) => InvokeError::Overloaded { max: ingress.config.max_inflight }.grpc_status().into_http(),
         (Some(_), _) if matches!(ingress.backend, Backend::Proxy(_)) => proxy(&ingress, req).await,
         (Some(_), Route::CloudEvents) => cloudevents::serve(Arc::clone(&ingress), req).await,
-        (Some(_), Route::Function) => function::serve(Arc::clone(&ingress), req).await,
-        (Some(_), _) => passthrough::serve(Arc::clone(&ingress), req).await,
+        (Some(_), Route::Function) => function::serve(Arc::clone(&ingress), req, trailing.clone()).await,
+        (Some(_), _) => passthrough::serve(Arc::clone(&ingress), req, trailing.clone()).await,
     };
     let metrics = Arc::clone(&ingress.metrics);
     let on_end = move |code: Code, sent: u64| {
@@ -162,7 +163,7 @@ pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Res
             );
         }
     };
-    convert(response, on_end)
+    convert(response, Some(trailing), on_end)
 }
 
 /// Forwards a gRPC call unchanged to `upstream_url` over h2c.
@@ -387,14 +388,15 @@ fn metadata(map: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The function's initial metadata for a tonic response.
-fn initial_metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
-    tonic::metadata::MetadataMap::from_headers(metadata(headers))
+/// A tonic response carrying the function's response headers as its initial metadata.
+fn with_metadata<T>(headers: &HeaderMap, message: T) -> tonic::Response<T> {
+    let metadata = tonic::metadata::MetadataMap::from_headers(metadata(headers));
+    tonic::Response::from_parts(metadata, message, tonic::Extensions::default())
 }
 
 /// Trailing metadata a function ended a successful answer with. tonic sends no custom trailers with an OK status,
-/// so the service that called the function leaves them here, in the response's extensions, and [`GrpcBody`] adds
-/// them to the trailers tonic writes.
+/// so the service that called the function leaves them here and [`GrpcBody`] adds them to the trailers tonic
+/// writes.
 #[derive(Clone, Default)]
 struct TrailingMetadata(Arc<std::sync::Mutex<HeaderMap>>);
 
@@ -435,17 +437,18 @@ fn code_in(map: &HeaderMap) -> Option<Code> {
     Some(Code::from(value))
 }
 
-/// Turns a tonic response into the crate's response body, rewriting size statuses and calling `on_end` with the
-/// call's gRPC code (CANCELLED when the client left first) and the message bytes sent.
+/// Turns a tonic response into the crate's response body, rewriting size statuses, adding the function's
+/// `trailing` metadata to its trailers, and calling `on_end` with the call's gRPC code (CANCELLED when the client
+/// left first) and the message bytes sent.
 fn convert(
     response: Response<tonic::body::Body>,
+    trailing: Option<TrailingMetadata>,
     on_end: impl FnOnce(Code, u64) + Send + 'static,
 ) -> Response<ResponseBody> {
     let (mut parts, inner) = response.into_parts();
     rewrite_size_status(&mut parts.headers);
     // A trailers-only response carries its status in the head.
     let code = code_in(&parts.headers);
-    let trailing = parts.extensions.remove::<TrailingMetadata>();
     let body = GrpcBody { inner, code, sent: 0, trailing, on_end: Some(Box::new(on_end)) };
     Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
 }

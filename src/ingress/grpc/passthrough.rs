@@ -23,7 +23,7 @@ use tonic::{Status, Streaming};
 
 use super::codec::{self, Deframer, RawCodec};
 use super::{
-    call_envelope, call_function, grpc_timeout, initial_metadata, streamed_answer, unary_answer, TrailingMetadata,
+    call_envelope, call_function, grpc_timeout, streamed_answer, unary_answer, with_metadata, TrailingMetadata,
 };
 use crate::backend::Backend;
 use crate::body::BoxError;
@@ -75,21 +75,26 @@ pub fn method_shapes(set: &FileDescriptorSet) -> HashMap<String, MethodShape> {
 }
 
 /// Answers one passthrough call.
-pub(super) async fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> Response<tonic::body::Body> {
+pub(super) async fn serve(
+    ingress: Arc<Ingress>,
+    req: Request<Incoming>,
+    trailing: TrailingMetadata,
+) -> Response<tonic::body::Body> {
     let method = req.uri().path().to_string();
     let shape = ingress.grpc.methods.get(&method).copied().unwrap_or_default();
     let max = ingress.config.grpc_max_message_bytes;
     let timeout = grpc_timeout(req.headers());
     let (head, body) = req.into_parts();
-    let trailing = TrailingMetadata::default();
-    let call = Call { ingress, head: head.clone(), method, shape, timeout, max, trailing: trailing.clone() };
+    let call = Call { ingress, head: head.clone(), method, shape, timeout, max, trailing };
     let req = Request::from_parts(head, body);
     // tonic's own limits stay as a memory guard; its OUT_OF_RANGE is rewritten on the way out.
     let mut grpc =
         tonic::server::Grpc::new(RawCodec::new(max)).max_decoding_message_size(max).max_encoding_message_size(max);
-    let mut response = if shape.streams() { grpc.streaming(call, req).await } else { grpc.unary(call, req).await };
-    response.extensions_mut().insert(trailing);
-    response
+    if shape.streams() {
+        grpc.streaming(call, req).await
+    } else {
+        grpc.unary(call, req).await
+    }
 }
 
 /// One passthrough call.
@@ -178,11 +183,6 @@ impl StreamingService<Bytes> for Call {
             Ok(with_metadata(&answer.head.headers, one(message)))
         })
     }
-}
-
-/// A response carrying the function's response headers as its initial metadata.
-fn with_metadata<T>(headers: &::http::HeaderMap, message: T) -> tonic::Response<T> {
-    tonic::Response::from_parts(initial_metadata(headers), message, tonic::Extensions::default())
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ def handle(request):
         def echo():
             for chunk in request.stream():
                 yield chunk
-        return echo()
+        return Response(200, {"x-stream": "echo"}, echo(), trailers={"x-stream-end": "done"})
     return GrpcStatus(StatusCode.UNIMPLEMENTED, "no method " + method)
 
 
@@ -314,8 +314,9 @@ def test_invoke_http_mode_errors(sdk_watchdog, grpc_channel, mode, code, message
 # --- Function/InvokeStream ------------------------------------------------------------------------------------
 
 
-def ping_pong(stub) -> None:
-    """Sends one chunk, reads its echo, only then sends the next: the function must stream both ways."""
+def ping_pong(stub):
+    """Sends one chunk, reads its echo, only then sends the next: the function must stream both ways. Returns
+    the finished call."""
     feeder = Feeder()
     feeder.put(fn.Chunk(data=b"one "))
     responses = stub.InvokeStream(iter(feeder), timeout=TIMEOUT)
@@ -333,6 +334,7 @@ def ping_pong(stub) -> None:
     received += b"".join(chunk.data for chunk in responses)
     assert received == b"one two three"
     assert responses.code() == grpc.StatusCode.OK
+    return responses
 
 
 def test_invoke_stream_classic_streams_both_ways(watchdog, grpc_channel):
@@ -342,7 +344,10 @@ def test_invoke_stream_classic_streams_both_ways(watchdog, grpc_channel):
 
 def test_invoke_stream_http_mode_streams_both_ways(sdk_watchdog, grpc_channel):
     wd = sdk_watchdog()
-    ping_pong(function_stub(grpc_channel(wd)))
+    responses = ping_pong(function_stub(grpc_channel(wd)))
+    # The handler's Response headers and trailers are the call's initial and trailing metadata.
+    assert dict(responses.initial_metadata()).get("x-stream") == "echo", responses.initial_metadata()
+    assert dict(responses.trailing_metadata()).get("x-stream-end") == "done", responses.trailing_metadata()
 
 
 # --- passthrough: helloworld.Greeter --------------------------------------------------------------------------
