@@ -462,6 +462,20 @@ async fn oversized_messages_are_resource_exhausted_both_ways() {
 }
 
 #[tokio::test]
+async fn compressed_requests_are_decompressed_within_the_message_limit() {
+    let server = classic("cat", &[("grpc_max_message_bytes", "65536")]).await;
+    let mut client = function(&server).await.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let body = Bytes::from(vec![b'a'; 60_000]);
+    let reply = client.invoke(InvokeRequest { body: body.clone(), ..Default::default() }).await.unwrap();
+    assert_eq!(reply.into_inner().body, body);
+    // A megabyte of zeros gzips to about a kilobyte: it is refused by its decompressed size, before the function.
+    let bomb = InvokeRequest { body: vec![0u8; 1 << 20].into(), ..Default::default() };
+    let status = client.invoke(bomb).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn classic_failures_are_internal_with_the_stderr_tail() {
     let server =
         classic(r#"if [ "$Http_X_When" = late ]; then head -c 3; fi; echo "something broke" >&2; exit 3"#, &[]).await;

@@ -33,7 +33,8 @@ pub(super) async fn serve(
     let timeout = grpc_timeout(req.headers());
     let (head, body) = req.into_parts();
     let service = FunctionService { ingress, head: head.clone(), timeout, trailing };
-    let mut server = FunctionServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
+    let server = FunctionServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
+    let mut server = super::ACCEPTED_COMPRESSION.into_iter().fold(server, |s, e| s.accept_compressed(e));
     super::call_server(&mut server, Request::from_parts(head, body)).await
 }
 

@@ -19,7 +19,8 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// Answers one call to the Health service.
 pub(super) async fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> Response<tonic::body::Body> {
-    let mut server = HealthServer::new(HealthService { ingress });
+    let server = HealthServer::new(HealthService { ingress });
+    let mut server = super::ACCEPTED_COMPRESSION.into_iter().fold(server, |s, e| s.accept_compressed(e));
     super::call_server(&mut server, req).await
 }
 

@@ -34,6 +34,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
 use tonic::{Code, Status};
 
 use super::{InFlight, Ingress};
@@ -48,6 +49,17 @@ pub use passthrough::MethodShape;
 
 /// The bytes of a failed answer's body quoted in its status message.
 const MESSAGE_QUOTE: usize = 1024;
+
+/// Request compressions every service accepts, as grpcio and grpc-go clients can send them. Answers go out
+/// uncompressed, which every client must accept, so the watchdog never spends CPU compressing.
+const ACCEPTED_COMPRESSION: [CompressionEncoding; 2] = [CompressionEncoding::Gzip, CompressionEncoding::Deflate];
+
+/// [`ACCEPTED_COMPRESSION`] as tonic's set, for servers built from a codec.
+fn accepted_compression() -> EnabledCompressionEncodings {
+    let mut accepted = EnabledCompressionEncodings::default();
+    ACCEPTED_COMPRESSION.into_iter().for_each(|encoding| accepted.enable(encoding));
+    accepted
+}
 
 /// Whether a request is gRPC: its `content-type` starts with `application/grpc` (any case).
 pub fn is_grpc(headers: &HeaderMap) -> bool {

@@ -88,8 +88,10 @@ pub(super) async fn serve(
     let call = Call { ingress, head: head.clone(), method, shape, timeout, max, trailing };
     let req = Request::from_parts(head, body);
     // tonic's own limits stay as a memory guard; its OUT_OF_RANGE is rewritten on the way out.
-    let mut grpc =
-        tonic::server::Grpc::new(RawCodec::new(max)).max_decoding_message_size(max).max_encoding_message_size(max);
+    let mut grpc = tonic::server::Grpc::new(RawCodec::new(max))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
+        .apply_compression_config(super::accepted_compression(), Default::default());
     if shape.streams() {
         grpc.streaming(call, req).await
     } else {

@@ -4,7 +4,7 @@ use prost_types::FileDescriptorSet;
 use tonic::Status;
 use tonic_reflection::server::Builder;
 
-use super::{boxed, Handler};
+use super::{boxed, Handler, ACCEPTED_COMPRESSION};
 
 fn builder(user: Option<&FileDescriptorSet>) -> Builder<'static> {
     let mut builder = Builder::configure()
@@ -24,11 +24,11 @@ pub(super) fn services(user: Option<FileDescriptorSet>) -> (Handler, Handler) {
     });
     let v1alpha = builder(user.as_ref()).build_v1alpha().or_else(|_| builder(None).build_v1alpha());
     let v1 = match v1 {
-        Ok(service) => boxed(service),
+        Ok(service) => boxed(ACCEPTED_COMPRESSION.into_iter().fold(service, |s, e| s.accept_compressed(e))),
         Err(e) => unavailable(e.to_string()),
     };
     let v1alpha = match v1alpha {
-        Ok(service) => boxed(service),
+        Ok(service) => boxed(ACCEPTED_COMPRESSION.into_iter().fold(service, |s, e| s.accept_compressed(e))),
         Err(e) => unavailable(e.to_string()),
     };
     (v1, v1alpha)

@@ -283,6 +283,24 @@ cat"""
     assert call.code() == grpc.StatusCode.OK
 
 
+@pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
+def test_compressed_requests_are_accepted(watchdog, grpc_channel, grpc_greeter, compression):
+    """grpcio compresses every message of a call made with `compression`: Invoke, health and passthrough take
+    them, and the function sees the plain bytes."""
+    channel = grpc_channel(watchdog("cat"))
+    body = b"squeeze me " * 64
+    reply = function_stub(channel).Invoke(fn.InvokeRequest(body=body), compression=compression, timeout=TIMEOUT)
+    assert reply.body == body
+    check = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=""), compression=compression, timeout=TIMEOUT
+    )
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    greeter_channel = grpc_channel(watchdog(grpc_greeter, grpc_descriptor_set=GREETER_SET))
+    stub = pb.greeter_pb2_grpc.GreeterStub(greeter_channel)
+    hello = stub.SayHello(greeter.HelloRequest(name="zip " * 100), compression=compression, timeout=TIMEOUT)
+    assert hello.message == "Hello, " + "zip " * 100 + "!"
+
+
 def test_invoke_http_mode_round_trip(sdk_watchdog, grpc_channel):
     wd = sdk_watchdog()
     request = fn.InvokeRequest(body=b"over frames", content_type="application/json", metadata={"x-custom": "abc"})
