@@ -43,6 +43,10 @@ pub enum InvokeError {
     /// The client's body stream failed.
     #[error("error reading the request body: {0}")]
     BodyRead(String),
+    /// A gRPC request stream failed with a status of its own (a message over `grpc_max_message_bytes`, say):
+    /// the call ends with that status.
+    #[error("{}", .0.message())]
+    RequestStream(tonic::Status),
     /// The request target cannot be decoded.
     #[error(transparent)]
     BadPath(#[from] crate::envelope::PathError),
@@ -111,6 +115,18 @@ impl InvokeError {
             InvokeError::Unavailable(_) | InvokeError::Retryable(_) => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Permanent(_) => StatusCode::BAD_REQUEST,
             InvokeError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::RequestStream(status) => {
+                StatusCode::from_u16(http_status_for_grpc(status.code())).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+
+    /// The failure of a request body: a gRPC request stream's own status stays that status, anything else is
+    /// [`InvokeError::BodyRead`].
+    pub fn from_body_error(error: crate::body::BoxError) -> InvokeError {
+        match error.downcast::<tonic::Status>() {
+            Ok(status) => InvokeError::RequestStream(*status),
+            Err(other) => InvokeError::BodyRead(other.to_string()),
         }
     }
 
@@ -141,6 +157,7 @@ impl InvokeError {
     pub fn grpc_status(&self) -> tonic::Status {
         use tonic::{Code, Status};
         let code = match self {
+            InvokeError::RequestStream(status) => return status.clone(),
             InvokeError::MethodNotAllowed => Code::Unimplemented,
             InvokeError::Overloaded { .. } | InvokeError::QueueFull(_) | InvokeError::BodyTooLarge { .. } => {
                 Code::ResourceExhausted
@@ -348,6 +365,7 @@ mod tests {
             (InvokeError::WriteTimeout(Duration::from_secs(1)), Code::DeadlineExceeded),
             (InvokeError::Unavailable("none ready".into()), Code::Unavailable),
             (InvokeError::FunctionInternal("boom".into()), Code::Internal),
+            (InvokeError::RequestStream(tonic::Status::resource_exhausted("big")), Code::ResourceExhausted),
         ];
         for (error, code) in cases {
             assert_eq!(error.grpc_status().code(), code, "{error}");

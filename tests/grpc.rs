@@ -248,6 +248,48 @@ async fn invoke_stream_streams_both_ways_in_http_mode() {
     server.stop().await;
 }
 
+/// The status a stream of responses ends with; fails if it does not end within 20 s.
+async fn final_status(mut responses: tonic::Streaming<Chunk>) -> Status {
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match responses.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => break status,
+                None => break Status::ok("ended without an error"),
+            }
+        }
+    });
+    ended.await.expect("the call ends without waiting for the function")
+}
+
+/// A request message over `grpc_max_message_bytes` ends the stream at once with RESOURCE_EXHAUSTED, whether it
+/// comes first or after the function has answered: the function never sees the rest of the stream, so the call
+/// must not wait for it (the request stream is still open here).
+#[tokio::test]
+async fn an_oversized_stream_message_ends_the_call_with_resource_exhausted() {
+    let limit = [("grpc_max_message_bytes", "1000")];
+    for server in [classic("exec cat", &limit).await, http_mode(&limit).await] {
+        let mut client = function(&server).await;
+        let (tx, rx) = mpsc::channel::<Chunk>(2);
+        tx.send(Chunk { data: Bytes::from_static(b"small") }).await.unwrap();
+        let mut responses = client.invoke_stream(tokio_stream_from(rx)).await.unwrap().into_inner();
+        assert_eq!(&responses.next().await.expect("a chunk").unwrap().data[..], b"small");
+        tx.send(Chunk { data: vec![b'a'; 2000].into() }).await.unwrap();
+        let status = final_status(responses).await;
+        assert_eq!(status.code(), Code::ResourceExhausted, "after an answer: {status:?}");
+
+        let (tx, rx) = mpsc::channel::<Chunk>(1);
+        tx.send(Chunk { data: vec![b'a'; 2000].into() }).await.unwrap();
+        let status = match client.invoke_stream(tokio_stream_from(rx)).await {
+            Ok(responses) => final_status(responses.into_inner()).await,
+            Err(status) => status,
+        };
+        assert_eq!(status.code(), Code::ResourceExhausted, "first message: {status:?}");
+        drop(tx);
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn passthrough_unary_and_server_streaming_with_a_descriptor_set() {
     let tmp = tempfile::tempdir().unwrap();

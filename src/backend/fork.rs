@@ -500,7 +500,7 @@ async fn feed_stdin(
             None => body.frame().await,
         };
         let Some(frame) = next else { break };
-        let frame = frame.map_err(|e| InvokeError::BodyRead(e.to_string()))?;
+        let frame = frame.map_err(InvokeError::from_body_error)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };

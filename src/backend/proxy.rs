@@ -188,7 +188,7 @@ impl ProxyBackend {
             }
         }
         let body = if self.buffer_body {
-            let collected = invocation.body.collect().await.map_err(|e| InvokeError::BodyRead(e.to_string()))?;
+            let collected = invocation.body.collect().await.map_err(InvokeError::from_body_error)?;
             Full::new(collected.to_bytes()).map_err(|never| match never {}).boxed_unsync()
         } else {
             invocation.body

@@ -243,10 +243,15 @@ async fn pump_body(
             None => body.frame().await,
         };
         let Some(frame) = next else { break };
-        let Ok(frame) = frame else {
-            // The client's body failed: the client is gone, and its response with it.
-            conn.cancel(id, "client request body failed");
-            return;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                // Usually the client is gone, and its response with it; a gRPC call whose request stream failed
+                // (an oversized message) is still there and gets that failure's status.
+                conn.cancel(id, "client request body failed");
+                shared.abort(InvokeError::from_body_error(error));
+                return;
+            }
         };
         let Ok(mut data) = frame.into_data() else { continue };
         received += data.len() as u64;
