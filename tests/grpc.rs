@@ -474,6 +474,21 @@ async fn client_cancelling_a_stream_kills_the_function() {
     server.stop().await;
 }
 
+/// CloudEvents/Send is a gRPC call like any other: cancelling it (here, dropping the call's future) kills the
+/// function, where an event delivered over HTTP runs to its end.
+#[tokio::test]
+async fn cancelling_a_cloudevents_send_kills_the_function() {
+    let server = classic(r#"echo $$ > "$DIR/pid"; sleep 60"#, &[]).await;
+    let pid_file = server.tmp.path().join("pid");
+    let mut client = CloudEventsClient::new(channel(&server).await);
+    let call = tokio::spawn(async move { client.send(event("e1", "com.example.slow", "x")).await });
+    let pid = read_pid(&pid_file).await;
+    assert!(alive(pid));
+    call.abort();
+    wait_dead(pid).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_messages_are_resource_exhausted_both_ways() {
     let server = classic(

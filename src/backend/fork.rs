@@ -98,8 +98,9 @@ impl ForkBackend {
     }
 
     /// Runs the function for one request. The run continues in its own task, so a client that goes away
-    /// does not cut a plain HTTP request short (as with the originals) and it is always reaped. A gRPC call is
-    /// different: its client cancelling (this future or the response body dropped early) kills the function.
+    /// does not cut a plain HTTP request short (as with the originals) and it is always reaped. A gRPC call
+    /// (`stop_when_abandoned`) is different: its client cancelling (this future or the response body dropped
+    /// early) kills the function.
     pub async fn invoke(self: &Arc<Self>, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
         let (reply, answer) = oneshot::channel();
         let backend = Arc::clone(self);
@@ -108,6 +109,7 @@ impl ForkBackend {
         // unless a gRPC call streams its response.
         let event = invocation.envelope.cloudevent().is_some();
         let streamed = grpc.unwrap_or(self.style == ForkStyle::Streaming && !event);
+        let stop_when_abandoned = invocation.stop_when_abandoned;
         let task = tokio::spawn(async move {
             if streamed {
                 backend.run_streaming(invocation, reply).await
@@ -116,7 +118,7 @@ impl ForkBackend {
                 let _ = reply.send(result);
             }
         });
-        let cancel = grpc.is_some().then(|| AbortOnDropHandle::new(task));
+        let cancel = stop_when_abandoned.then(|| AbortOnDropHandle::new(task));
         let result = answer.await;
         // Answered: the run goes on to its end (a streamed body still kills it when dropped early).
         drop(cancel.map(AbortOnDropHandle::detach));

@@ -50,6 +50,9 @@ pub struct Invocation {
     pub head: http::request::Parts,
     /// A deadline the caller asked for (gRPC's `grpc-timeout`); the backend uses the nearer of it and its own.
     pub timeout: Option<Duration>,
+    /// Whether the function is stopped when the caller stops waiting: a cancelled gRPC call is; a plain HTTP
+    /// request (or event) whose client went away runs to its end, as with the original watchdogs.
+    pub stop_when_abandoned: bool,
 }
 
 /// The reply event a function returned (http mode), carried in the response's extensions; its data is the
@@ -137,6 +140,7 @@ mod tests {
             limits: BodyLimits { max_bytes: 0, read_deadline: None, read_timeout: Duration::ZERO },
             head,
             timeout: None,
+            stop_when_abandoned: false,
         };
         let future = backend.invoke(invocation);
         assert!(std::mem::size_of_val(&future) <= 16, "{} bytes", std::mem::size_of_val(&future));

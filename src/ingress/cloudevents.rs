@@ -97,7 +97,7 @@ async fn binary(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Re
     if let Backend::Proxy(_) = ingress.backend {
         return proxy_unchanged(ingress, envelope, body, parts).await;
     }
-    let reply = deliver(ingress, envelope, event, body, parts, None).await?;
+    let reply = deliver(ingress, envelope, event, body, parts, Transport::Http).await?;
     Ok(reply.map(binary_response).unwrap_or_else(accepted))
 }
 
@@ -108,7 +108,7 @@ async fn structured(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
         return proxy_whole(ingress, parts, whole).await;
     }
     let envelope = event_envelope(&parts, &event, data.len(), ingress.backend.timeout())?;
-    let reply = deliver(ingress, envelope, event, body::request_from(data), parts, None).await?;
+    let reply = deliver(ingress, envelope, event, body::request_from(data), parts, Transport::Http).await?;
     Ok(reply.map(binary_response).unwrap_or_else(accepted))
 }
 
@@ -121,7 +121,7 @@ async fn batch(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Res
     let mut replies = Vec::new();
     for Parsed { event, data } in events {
         let envelope = event_envelope(&parts, &event, data.len(), ingress.backend.timeout())?;
-        let reply = deliver(ingress, envelope, event, body::request_from(data), parts.clone(), None).await?;
+        let reply = deliver(ingress, envelope, event, body::request_from(data), parts.clone(), Transport::Http).await?;
         if let Some(reply) = reply {
             let data = collect_reply_data(reply.data).await?;
             replies.push((reply.event, data));
@@ -145,7 +145,8 @@ async fn proxy_unchanged(
     body: RequestBody,
     head: ::http::request::Parts,
 ) -> Result<Response<ResponseBody>, DeliveryError> {
-    let invocation = Invocation { envelope, body, limits: ingress.body_limits(), head, timeout: None };
+    let invocation =
+        Invocation { envelope, body, limits: ingress.body_limits(), head, timeout: None, stop_when_abandoned: false };
     Ok(ingress.backend.invoke(invocation).await?)
 }
 
@@ -206,23 +207,35 @@ pub(crate) fn event_envelope(
     Ok(envelope)
 }
 
+/// The transport an event came by: it decides the event's deadline and what its client going away does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP: the delivery runs to its end even if the client leaves, as a plain request does.
+    Http,
+    /// A gRPC call, with the deadline it asked for (`grpc-timeout`): cancelling it stops the function.
+    Grpc(Option<std::time::Duration>),
+}
+
 /// Runs the function for one event and turns its answer into a reply event, or `None` when it accepted the
-/// event without output. Also used by the gRPC `CloudEvents` service, so both transports share the rules;
-/// `timeout` is a deadline the caller asked for (`grpc-timeout`).
+/// event without output. Also used by the gRPC `CloudEvents` service, so both transports share the rules.
 pub async fn deliver(
     ingress: &Ingress,
     envelope: Envelope,
     event: CloudEvent,
     body: RequestBody,
     head: ::http::request::Parts,
-    timeout: Option<std::time::Duration>,
+    transport: Transport,
 ) -> Result<Option<Reply>, DeliveryError> {
     let request = RequestFacts::of(ingress, &event);
     let mut envelope = envelope.into_kind(Kind::Cloudevent(event));
     // Envelopes made from a structured request or a gRPC call may still carry some.
     envelope.headers.retain(|h| keeps_header(&ingress.backend, &h.name));
     let limits = ingress.body_limits();
-    let invocation = Invocation { envelope, body, limits, head, timeout };
+    let (timeout, stop_when_abandoned) = match transport {
+        Transport::Http => (None, false),
+        Transport::Grpc(timeout) => (timeout, true),
+    };
+    let invocation = Invocation { envelope, body, limits, head, timeout, stop_when_abandoned };
     let response = ingress.backend.invoke(invocation).await?;
     reply_from(ingress, request, response).await
 }

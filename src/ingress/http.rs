@@ -36,7 +36,8 @@ pub async fn invoke(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
     }
     let limits = ingress.body_limits();
     let body = body.map_err(|e| Box::new(e) as crate::body::BoxError).boxed_unsync();
-    ingress.backend.invoke(Invocation { envelope, body, limits, head: parts, timeout: None }).await
+    let invocation = Invocation { envelope, body, limits, head: parts, timeout: None, stop_when_abandoned: false };
+    ingress.backend.invoke(invocation).await
 }
 
 /// The body length as Go's `Request.ContentLength` gives it: the declared length, 0 for an empty body, -1 when

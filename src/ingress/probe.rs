@@ -81,7 +81,8 @@ pub async fn ready(ingress: &Ingress, req: Request<Incoming>) -> Response<Respon
     };
     let limits = BodyLimits { max_bytes: 0, read_deadline: None, read_timeout: Default::default() };
     let body = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
-    match ingress.backend.invoke(Invocation { envelope, body, limits, head: parts, timeout: None }).await {
+    let invocation = Invocation { envelope, body, limits, head: parts, timeout: None, stop_when_abandoned: false };
+    match ingress.backend.invoke(invocation).await {
         Ok(response) => response,
         Err(error) => error.into_http_response(),
     }

@@ -16,7 +16,7 @@ use crate::envelope::pb::io::cloudevents::v1::cloud_event::Data;
 use crate::envelope::pb::io::cloudevents::v1::CloudEventBatch;
 use crate::envelope::pb::watchdog::v1::cloud_events_server::{CloudEvents, CloudEventsServer};
 use crate::envelope::pb::watchdog::v1::{SendBatchResponse, SendResponse};
-use crate::ingress::cloudevents::{deliver, event_envelope, DeliveryError};
+use crate::ingress::cloudevents::{deliver, event_envelope, DeliveryError, Transport};
 use crate::ingress::Ingress;
 
 /// Answers one call to the CloudEvents service.
@@ -48,7 +48,7 @@ impl CloudEventsService {
         // The call's metadata reaches the function, but not the gRPC framing's own headers.
         envelope.headers.retain(|h| !matches!(h.name.as_str(), "te" | "grpc-timeout" | "grpc-accept-encoding"));
         let body = crate::body::request_from(data);
-        let reply = deliver(&self.ingress, envelope, event, body, self.head.clone(), self.timeout)
+        let reply = deliver(&self.ingress, envelope, event, body, self.head.clone(), Transport::Grpc(self.timeout))
             .await
             .map_err(DeliveryError::grpc_status)?;
         let Some(reply) = reply else { return Ok(None) };

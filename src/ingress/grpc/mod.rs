@@ -259,7 +259,7 @@ async fn call_function(
         read_deadline: None,
         read_timeout: ingress.config.read_timeout,
     };
-    let invocation = Invocation { envelope, body, limits, head, timeout };
+    let invocation = Invocation { envelope, body, limits, head, timeout, stop_when_abandoned: true };
     ingress.backend.invoke(invocation).await.map_err(|e| e.grpc_status())
 }
 
