@@ -105,11 +105,12 @@ pub(crate) fn is_json_media_type(content_type: &str) -> bool {
     media.ends_with("/json") || media.ends_with("+json")
 }
 
-/// `rest` is what follows `application/cloudevents[-batch]`: it must be exactly `+json`.
+/// `rest` is what follows `application/cloudevents[-batch]`; the format is the media type's `+suffix` (SPEC §6),
+/// and only `json` is supported.
 fn check_format(rest: &str) -> Result<(), BindingError> {
-    match rest.strip_prefix('+') {
-        Some("json") => Ok(()),
-        Some(format) if !format.is_empty() => Err(BindingError::UnsupportedFormat(format.to_string())),
+    match rest.rsplit_once('+') {
+        Some((_, "json")) => Ok(()),
+        Some((_, format)) if !format.is_empty() => Err(BindingError::UnsupportedFormat(format.to_string())),
         _ => Err(BindingError::UnsupportedFormat(String::new())),
     }
 }
@@ -136,7 +137,8 @@ pub fn from_binary(headers: &HeaderMap) -> Result<CloudEvent, BindingError> {
             .map_err(|_| BindingError::invalid(attribute, "is not UTF-8 once percent-decoded"))?;
         set_attribute(&mut event, attribute, text);
     }
-    if let Some(value) = headers.get(CONTENT_TYPE) {
+    // An empty Content-Type says no more than none at all.
+    if let Some(value) = headers.get(CONTENT_TYPE).filter(|v| !v.as_bytes().trim_ascii().is_empty()) {
         // Content-Type is an ordinary HTTP header: it is not percent-encoded, but must still be text.
         let text = std::str::from_utf8(value.as_bytes())
             .map_err(|_| BindingError::invalid("datacontenttype", "(the Content-Type header) is not UTF-8"))?;
@@ -235,8 +237,23 @@ pub fn validate(event: &CloudEvent) -> Result<(), BindingError> {
             return Err(BindingError::invalid("time", format!("is {text:?}, not an RFC 3339 timestamp")));
         }
     }
+    for name in TEXT_ATTRIBUTES {
+        use super::Attr;
+        let Some(value) = event.attributes.get(name) else { continue };
+        match &value.attr {
+            Some(Attr::CeString(text) | Attr::CeUri(text) | Attr::CeUriRef(text)) if !text.is_empty() => {}
+            Some(Attr::CeString(_) | Attr::CeUri(_) | Attr::CeUriRef(_)) | None => {
+                return Err(BindingError::invalid(name, "is empty; when present it must not be"))
+            }
+            Some(_) => return Err(BindingError::invalid(name, "must be a string")),
+        }
+    }
     Ok(())
 }
+
+/// Optional attributes the spec types as text (a media type, a URI, a string) that must not be empty when
+/// present (`schemaurl` is 0.3's `dataschema`).
+const TEXT_ATTRIBUTES: [&str; 4] = ["datacontenttype", "dataschema", "schemaurl", "subject"];
 
 /// What is wrong with an attribute name in the attributes map, if anything.
 fn name_problem(name: &str) -> Option<&'static str> {
@@ -423,6 +440,9 @@ mod tests {
         // Structured wins over ce-* headers: the body is the event.
         let both = with("1.0", &[("content-type", b"application/cloudevents+json")]);
         assert_eq!(detect(&post, &both).unwrap(), Some(Mode::Structured));
+        // The format is the +suffix, whatever comes between.
+        let suffixed = headers(&[("content-type", b"application/cloudevents-v2+json; charset=utf-8")]);
+        assert_eq!(detect(&post, &suffixed).unwrap(), Some(Mode::Structured));
     }
 
     #[test]
@@ -444,6 +464,7 @@ mod tests {
             ("application/cloudevents-batch", ""),
             ("application/cloudevents+", ""),
             ("application/cloudeventsjson", ""),
+            ("application/cloudevents-x+xml", "xml"),
         ] {
             let err = detect(&post, &headers(&[("content-type", ct.as_bytes())])).unwrap_err();
             assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
@@ -580,6 +601,21 @@ mod tests {
             e.attributes.insert(name.into(), string_value("x"));
             assert_eq!(validate(&e).is_ok(), ok, "{name}");
         }
+        // Optional text attributes must not be empty when present, nor typed as something else; extensions may.
+        for name in ["datacontenttype", "dataschema", "schemaurl", "subject"] {
+            let mut e = event("1.0");
+            e.attributes.insert(name.into(), string_value(""));
+            assert_eq!(invalid_attribute(validate(&e).unwrap_err()), name);
+            let integer = CloudEventAttributeValue { attr: Some(super::super::Attr::CeInteger(5)) };
+            e.attributes.insert(name.into(), integer);
+            assert_eq!(invalid_attribute(validate(&e).unwrap_err()), name);
+        }
+        let mut e = event("1.0");
+        e.attributes.insert("myext".into(), string_value(""));
+        assert!(validate(&e).is_ok());
+        // An empty Content-Type header is no datacontenttype at all.
+        let binary = from_binary(&with("1.0", &[("content-type", b" ")])).unwrap();
+        assert!(!binary.attributes.contains_key("datacontenttype"));
     }
 
     #[test]
@@ -691,7 +727,7 @@ mod tests {
 
         #[test]
         fn reply_headers_round_trip(
-            id in "\\PC+", source in any::<String>(), subject in any::<String>(), ext in any::<String>(),
+            id in "\\PC+", source in any::<String>(), subject in "\\PC+", ext in any::<String>(),
             version in prop_oneof![Just("1.0"), Just("0.3")],
         ) {
             let mut e = event(version);

@@ -315,7 +315,9 @@ fn fill_defaults(ingress: &Ingress, request: RequestFacts, content_type: Option<
     // own choice. Either way the request's datacontenttype is the fallback.
     let chosen = match ingress.backend {
         Backend::Fork(_) => config.content_type.clone().or(request.datacontenttype),
-        _ => content_type.and_then(|v| v.to_str().ok().map(String::from)).or(request.datacontenttype),
+        _ => content_type
+            .and_then(|v| v.to_str().ok().filter(|t| !t.is_empty()).map(String::from))
+            .or(request.datacontenttype),
     };
     if let Some(ct) = chosen {
         event.attributes.insert("datacontenttype".into(), cloudevent::string_value(ct));
