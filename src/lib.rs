@@ -222,6 +222,8 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
+        // Header names go out as Go's net/http spells them (`X-Duration-Seconds`), for clients that match bytes.
+        .title_case_headers(true)
         .header_read_timeout((!config.read_timeout.is_zero()).then_some(config.read_timeout));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
     builder

@@ -188,6 +188,24 @@ async fn access_log_skips_kube_probes() {
     assert!(!binary.log().contains("/probe-path"), "{}", binary.log());
 }
 
+/// SPEC §2: a caller's `X-Call-Id` is the request id in the logs.
+#[tokio::test]
+async fn access_lines_carry_the_callers_call_id() {
+    let binary = Binary::start(&[("fprocess", "cat")]).await;
+    let client = reqwest::Client::new();
+    client.post(binary.url("/with")).header("X-Call-Id", "call-7f3a").body("x").send().await.unwrap();
+    client.post(binary.url("/without")).body("x").send().await.unwrap();
+    eventually("both access lines", Duration::from_secs(3), || binary.log().contains("POST /without")).await;
+    let log = binary.log();
+    let line = |path: &str| log.lines().find(|l| l.contains(&format!("POST {path} "))).unwrap_or_default().to_string();
+    assert!(line("/with").ends_with(" request_id=call-7f3a"), "{log}");
+    assert!(!line("/without").contains("request_id"), "{log}");
+    let json = Binary::start(&[("fprocess", "cat"), ("log_format", "json")]).await;
+    client.post(json.url("/")).header("X-Call-Id", "call-8b2c").body("x").send().await.unwrap();
+    eventually("a JSON access line", Duration::from_secs(3), || json.log().contains(r#""request_id":"call-8b2c""#))
+        .await;
+}
+
 #[tokio::test]
 async fn json_logs() {
     let binary = Binary::start(&[("fprocess", "cat"), ("log_format", "json")]).await;

@@ -41,6 +41,21 @@ async fn env_with_body_has_its_length() {
     server.stop().await;
 }
 
+/// A header that makes the same variable as the watchdog's own (`Method` → `Http_Method`, `Content-Length` →
+/// `Http_Content_Length`) is shadowed by it: the function sees each name once, with the last value, as Go's
+/// os/exec passes it.
+#[tokio::test]
+async fn each_variable_appears_once_with_the_watchdogs_value() {
+    let server = Server::start(&[("fprocess", "env")]).await;
+    let resp = client().post(server.url("/")).header("Method", "evil").body("test").send().await.unwrap();
+    let text = resp.text().await.unwrap();
+    for (name, value) in [("Http_Method", "POST"), ("Http_Content_Length", "4")] {
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&format!("{name}="))).collect();
+        assert_eq!(lines, [format!("{name}={value}")], "{text}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn host_header_is_passed() {
     let server = Server::start(&[("fprocess", "env")]).await;
@@ -269,8 +284,24 @@ async fn marshal_request_sends_classic_json() {
     assert_eq!(resp.status, 200);
     assert_eq!(
         resp.text(),
-        r#"{"header":{"header":{"Connection":["close"],"Content-Length":["5"],"Content-Type":["text/plain"],"X-Custom":["\u003ca\u0026b\u003e"]}},"body":{"raw":"aGVsbG8="}}"#
+        r#"{"header":{"Connection":["close"],"Content-Length":["5"],"Content-Type":["text/plain"],"X-Custom":["\u003ca\u0026b\u003e"]},"body":{"raw":"aGVsbG8="}}"#
     );
+    server.stop().await;
+}
+
+/// HTTP/1.1 header names are spelled as Go's net/http spells them, for clients (and greps) that match bytes.
+#[tokio::test]
+async fn response_header_names_are_canonical_on_http1() {
+    let server = Server::start(&[("fprocess", "cat")]).await;
+    let resp = raw(
+        server.addr,
+        b"POST / HTTP/1.1\r\nHost: h\r\ncontent-type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    for name in ["Content-Type", "X-Duration-Seconds", "Content-Length", "Date"] {
+        assert!(resp.head.contains(&format!("\r\n{name}: ")), "{name} in {:?}", resp.head);
+    }
     server.stop().await;
 }
 

@@ -92,15 +92,16 @@ pub fn kind_env(envelope: &Envelope) -> Vec<EnvVar> {
     Vec::new()
 }
 
-/// The part of the classic `marshal_request` JSON before the base64 body:
-/// `{"header":{"header":{"Name":["v"]}},"body":{"raw":"`. Keys sorted and HTML-escaped as Go's `json.Marshal`.
+/// The part of the classic `marshal_request` JSON before the base64 body: `{"header":{"Name":["v"]},"body":{"raw":"`,
+/// Go's `json.Marshal` of the watchdog's `MarshalReq{Header http.Header; Body{Raw []byte}}`: keys sorted and
+/// HTML-escaped as it does.
 pub fn marshal_prefix(envelope: &Envelope) -> Vec<u8> {
     let mut headers: BTreeMap<String, Vec<&[u8]>> = BTreeMap::new();
     for header in &envelope.headers {
         headers.entry(canonical_header_key(&header.name)).or_default().push(&header.value);
     }
     let mut out = Vec::with_capacity(64 + envelope.headers.len() * 32);
-    out.extend_from_slice(b"{\"header\":{\"header\":{");
+    out.extend_from_slice(b"{\"header\":{");
     for (i, (key, values)) in headers.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -115,7 +116,7 @@ pub fn marshal_prefix(envelope: &Envelope) -> Vec<u8> {
         }
         out.push(b']');
     }
-    out.extend_from_slice(b"}},\"body\":{\"raw\":\"");
+    out.extend_from_slice(b"},\"body\":{\"raw\":\"");
     out
 }
 
@@ -256,7 +257,7 @@ mod tests {
         json.extend_from_slice(MARSHAL_SUFFIX);
         assert_eq!(
             String::from_utf8(json).unwrap(),
-            r#"{"header":{"header":{"Content-Type":["text/plain"],"X-B":["\u003c\u0026\u003e","2"]}},"body":{"raw":"aGVsbG8="}}"#
+            r#"{"header":{"Content-Type":["text/plain"],"X-B":["\u003c\u0026\u003e","2"]},"body":{"raw":"aGVsbG8="}}"#
         );
     }
 

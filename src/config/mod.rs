@@ -430,7 +430,7 @@ impl Config {
         };
         let classic = mode == Mode::Classic;
 
-        if r.of_bool("jwt_auth", false) {
+        if r.bool_for(mode, "jwt_auth", false) {
             return Err(ConfigError::Invalid {
                 variable: "jwt_auth",
                 value: r.get("jwt_auth").unwrap_or_default(),
@@ -443,11 +443,12 @@ impl Config {
         let process_line = r.get("function_process").or_else(|| r.get("fprocess"));
         // Split on single spaces with no shell, as strings.Split(fprocess, " ") does: "a  b" has an empty argument.
         let fprocess: Vec<String> =
-            process_line.map(|line| line.split(' ').map(str::to_string).collect()).unwrap_or_default();
+            process_line.as_deref().map(|line| line.split(' ').map(str::to_string).collect()).unwrap_or_default();
 
         let upstream_url = r.get("http_upstream_url").or_else(|| r.get("upstream_url"));
         // http mode starts (and restarts) the upstream server too, so only static mode runs without a process.
-        if mode != Mode::Static && fprocess.first().is_none_or(|p| p.is_empty()) {
+        // Only an unset or empty line is missing, as in the originals: " cat" starts, and fails per request.
+        if mode != Mode::Static && process_line.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::Missing {
                 variable: "fprocess",
                 reason: format!("mode {} runs a function process; set fprocess (or function_process)", mode.as_str()),

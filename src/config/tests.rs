@@ -253,7 +253,15 @@ fn unsupported_modes_and_settings_stop_start_up() {
     assert!(parse_err(&[("fprocess", "cat"), ("mode", "inproc")]).to_string().contains("mode"));
     assert!(parse_err(&[("fprocess", "cat"), ("mode", "afterburn")]).to_string().contains("mode"));
     assert!(parse_err(&[("fprocess", "cat"), ("jwt_auth", "true")]).to_string().contains("jwt_auth"));
+    assert!(parse_err(&[("fprocess", "cat"), ("mode", "http"), ("jwt_auth", "1")]).to_string().contains("jwt_auth"));
+    // A classic boolean is true only as `true`: `1` is off, with a warning, and nothing to refuse.
+    let (_, w) = parse(&[("fprocess", "cat"), ("jwt_auth", "1")]);
+    assert!(warned(&w, "jwt_auth"));
     assert!(parse_err(&[]).to_string().contains("fprocess"));
+    assert!(parse_err(&[("fprocess", "")]).to_string().contains("fprocess"));
+    // Only a missing line is missing: " cat" has an empty program and fails per request, as in the originals.
+    let (c, _) = parse(&[("fprocess", " cat")]);
+    assert_eq!(c.fprocess, ["", "cat"]);
     assert!(parse_err(&[("mode", "streaming")]).to_string().contains("fprocess"));
     let err = parse_err(&[("fprocess", "x"), ("mode", "http"), ("upstream_url", "http://a"), ("workers", "2")]);
     assert!(err.to_string().contains("workers"));

@@ -68,6 +68,7 @@ impl Ingress {
         let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
         let quiet =
             req.headers().get(::http::header::USER_AGENT).is_some_and(|ua| ua.as_bytes().starts_with(b"kube-probe"));
+        let request_id = caller_request_id(req.headers());
         // Held until the response body ends, or dropped with this future if the client goes away first.
         let in_flight = InFlight::enter(&self.metrics);
 
@@ -107,6 +108,7 @@ impl Ingress {
             if !quiet {
                 tracing::info!(
                     target: "access",
+                    request_id = request_id.as_deref(),
                     "{method} {target} - {status} - ContentLength: {} ({}s)",
                     crate::logging::HumanSize(sent),
                     crate::logging::Seconds(elapsed)
@@ -116,6 +118,11 @@ impl Ingress {
         let body = http_body_util::BodyExt::boxed_unsync(TrackedBody::new(body, on_end));
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// The caller's `X-Call-Id`, which access lines carry as `request_id` (SPEC §2); `None` when it sent none.
+fn caller_request_id(headers: &::http::HeaderMap) -> Option<String> {
+    headers.get("x-call-id").map(|id| String::from_utf8_lossy(id.as_bytes()).into_owned())
 }
 
 /// One request counted in `http_requests_in_flight` until dropped.

@@ -162,6 +162,8 @@ pub struct RawResponse {
     pub status: u16,
     /// Header lines, names lower-cased.
     pub headers: Vec<(String, String)>,
+    /// The status line and header lines as sent.
+    pub head: String,
     /// Body bytes (de-chunked).
     pub body: Vec<u8>,
 }
@@ -232,7 +234,7 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
     } else {
         rest
     };
-    RawResponse { status, headers, body }
+    RawResponse { status, headers, head, body }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

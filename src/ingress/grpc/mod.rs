@@ -148,6 +148,7 @@ pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Res
     let start = Instant::now();
     let quiet =
         req.headers().get(::http::header::USER_AGENT).is_some_and(|ua| ua.as_bytes().starts_with(b"kube-probe"));
+    let request_id = super::caller_request_id(req.headers());
     let in_flight = InFlight::enter(&ingress.metrics);
     let slot = ingress.limiter.acquire();
     let trailing = TrailingMetadata::default();
@@ -168,6 +169,7 @@ pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Res
         if !quiet {
             tracing::info!(
                 target: "access",
+                request_id = request_id.as_deref(),
                 "POST {path} - {status} - grpc-status: {} - ContentLength: {} ({}s)",
                 code as i32,
                 crate::logging::HumanSize(sent),
