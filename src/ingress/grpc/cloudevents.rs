@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use tonic::Status;
 
 use super::{grpc_timeout, nearer, too_large};
-use crate::cloudevent::{self, CloudEvent};
+use crate::cloudevent::{self, Attr, CloudEvent};
 use crate::envelope::pb::io::cloudevents::v1::cloud_event::Data;
 use crate::envelope::pb::io::cloudevents::v1::CloudEventBatch;
 use crate::envelope::pb::watchdog::v1::cloud_events_server::{CloudEvents, CloudEventsServer};
@@ -60,6 +60,7 @@ impl CloudEventsService {
         };
         let mut event = reply.event;
         event.data = Some(reply_data(&event, data));
+        typed_attributes(&mut event);
         Ok(Some(event))
     }
 }
@@ -113,6 +114,24 @@ fn canonical_attributes(event: &mut CloudEvent) {
     }
 }
 
+/// A reply's attributes in the protobuf format's own types where the spec fixes them (`time` a Timestamp,
+/// `dataschema` and 0.3's `schemaurl` a URI), which strict consumers (sdk-go) insist on; extensions stay
+/// strings, as their types are unknown.
+fn typed_attributes(event: &mut CloudEvent) {
+    for (name, value) in &mut event.attributes {
+        let Some(Attr::CeString(text)) = &value.attr else { continue };
+        let typed = match name.as_str() {
+            // Validated as RFC 3339 already; a leap second, which a Timestamp cannot hold, stays a string.
+            "time" => text.parse::<prost_types::Timestamp>().ok().map(Attr::CeTimestamp),
+            "dataschema" | "schemaurl" => Some(Attr::CeUri(text.clone())),
+            _ => None,
+        };
+        if typed.is_some() {
+            value.attr = typed;
+        }
+    }
+}
+
 /// A reply's data in the protobuf format: text for textual media types that hold UTF-8, else bytes.
 fn reply_data(event: &CloudEvent, data: Bytes) -> Data {
     let content_type = event.attributes.get("datacontenttype").map(cloudevent::attribute_text).unwrap_or_default();
@@ -142,6 +161,26 @@ mod tests {
         assert_eq!(take_data(&mut event), &[1u8, 2][..]);
         assert_eq!(cloudevent::attribute_text(&event.attributes["dataschema"]), "type.googleapis.com/pkg.Msg");
         assert_eq!(cloudevent::attribute_text(&event.attributes["datacontenttype"]), "application/protobuf");
+    }
+
+    #[test]
+    fn reply_attributes_get_their_protobuf_types() {
+        let mut event = CloudEvent::default();
+        for (name, text) in [
+            ("time", "2021-01-01T00:00:00.5+02:00"),
+            ("dataschema", "http://example.com/schema"),
+            ("subject", "s"),
+            ("myext", "2021-01-01T00:00:00Z"),
+        ] {
+            event.attributes.insert(name.into(), cloudevent::string_value(text));
+        }
+        typed_attributes(&mut event);
+        let attr = |name: &str| event.attributes[name].attr.clone().unwrap();
+        let time = prost_types::Timestamp { seconds: 1_609_452_000, nanos: 500_000_000 };
+        assert_eq!(attr("time"), Attr::CeTimestamp(time));
+        assert_eq!(attr("dataschema"), Attr::CeUri("http://example.com/schema".into()));
+        assert_eq!(attr("subject"), Attr::CeString("s".into()));
+        assert_eq!(attr("myext"), Attr::CeString("2021-01-01T00:00:00Z".into()));
     }
 
     #[test]
