@@ -146,11 +146,27 @@ impl Metrics {
                 let (name, tail) = rest.split_once(' ')?;
                 counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
             });
-            out.push_str(renamed.as_deref().unwrap_or(line));
+            let rewritten = renamed.or_else(|| go_bucket_line(line));
+            out.push_str(rewritten.as_deref().unwrap_or(line));
             out.push('\n');
         }
         out
     }
+}
+
+/// A histogram bucket line as Go's client writes it: `le` after the other labels, and its bound in Go's shortest
+/// form (`le="1"`, not `le="1.0"`), so the series are the ones of-watchdog's scrapes and queries name.
+fn go_bucket_line(line: &str) -> Option<String> {
+    let (name, rest) = line.split_once("_bucket{le=\"")?;
+    let (bound, rest) = rest.split_once('"')?;
+    let bound = bound.strip_suffix(".0").unwrap_or(bound);
+    Some(match rest.strip_prefix(',') {
+        Some(labels) => {
+            let (labels, value) = labels.split_once('}')?;
+            format!("{name}_bucket{{{labels},le=\"{bound}\"}}{value}")
+        }
+        None => format!("{name}_bucket{{le=\"{bound}\"{rest}"),
+    })
 }
 
 /// promhttp's method label: lower case for the standard methods, "unknown" otherwise.
@@ -238,5 +254,17 @@ mod tests {
         assert!(text.contains("# TYPE http_request_duration_seconds histogram\n"), "{text}");
         assert!(text.contains(r#"http_requests_total{code="200",method="get"} 1"#), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
+        // Buckets as Go's client writes them.
+        assert!(
+            text.contains(r#"http_request_duration_seconds_bucket{code="200",method="get",le="0.025"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"http_request_duration_seconds_bucket{code="200",method="get",le="1"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"http_request_duration_seconds_bucket{code="200",method="get",le="+Inf"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"watchdog_invocation_duration_seconds_bucket{protocol="http",le="10"} 1"#), "{text}");
+        assert!(!text.contains(r#"le="1.0""#), "{text}");
     }
 }
