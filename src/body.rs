@@ -29,15 +29,20 @@ pub fn empty() -> ResponseBody {
 /// A response body of `prefix` followed by collected function output.
 pub fn from_output(prefix: Option<Bytes>, output: Output) -> ResponseBody {
     let prefix = prefix.filter(|p| !p.is_empty());
-    let no_prefix = prefix.is_none();
-    let head = stream::iter(prefix.map(|p| Ok::<_, std::io::Error>(Frame::data(p))));
     match output {
-        Output::Memory(data) if no_prefix => full(data),
-        Output::Memory(data) => {
-            let rest = stream::iter((!data.is_empty()).then(|| Ok(Frame::data(data))));
-            StreamBody::new(head.chain(rest)).boxed_unsync()
-        }
+        Output::Memory(data) => match prefix {
+            None => full(data),
+            // Joined (the output is small, under the spill threshold), so the length is known and goes out as a
+            // Content-Length, as Go's server sends it for a short answer.
+            Some(prefix) => {
+                let mut joined = bytes::BytesMut::with_capacity(prefix.len() + data.len());
+                joined.extend_from_slice(&prefix);
+                joined.extend_from_slice(&data);
+                full(joined.freeze())
+            }
+        },
         Output::File { file, len, .. } => {
+            let head = stream::iter(prefix.map(|p| Ok::<_, std::io::Error>(Frame::data(p))));
             let rest = stream::iter(FileChunks::new(file, len)).map_ok(Frame::data);
             StreamBody::new(head.chain(rest)).boxed_unsync()
         }

@@ -213,6 +213,9 @@ impl InvokeError {
                     _ => detect_content_type(&prefix),
                 };
                 builder = builder.header(header::CONTENT_TYPE, sniffed);
+                if let Some(Output::File { len, .. }) = output.as_deref() {
+                    builder = builder.header(header::CONTENT_LENGTH, prefix.len() as u64 + len);
+                }
                 match output {
                     Some(output) => body::from_output(Some(prefix), *output),
                     None => body::full(prefix),

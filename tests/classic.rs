@@ -119,7 +119,10 @@ async fn stderr_in_response_with_combine_output() {
     let resp = post(&server, "/", "").await;
     assert_eq!(resp.status(), 500);
     assert!(!resp.headers().contains_key("x-duration-seconds"), "X-Duration-Seconds is on 200 only");
+    // A short answer has its length, as Go's server sends it.
+    let length: usize = resp.headers()["content-length"].to_str().unwrap().parse().unwrap();
     let text = resp.text().await.unwrap();
+    assert_eq!(length, text.len());
     assert!(text.starts_with("exit status 1\n"), "{text}");
     assert!(text.contains("No such file or directory"), "{text}");
     server.stop().await;
@@ -370,6 +373,22 @@ async fn large_output_spills_and_comes_back_whole() {
     for (i, part) in body.chunks(1 << 20).enumerate() {
         assert!(part.iter().all(|b| *b == b'0' + i as u8), "part {i}");
     }
+    server.stop().await;
+}
+
+/// A failing function's spilled output still comes back whole after `exit status N`, with its length.
+#[tokio::test]
+async fn large_output_of_a_failure_comes_back_whole_with_its_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = script(tmp.path(), "f.sh", "head -c 3145728 /dev/zero; exit 3");
+    let server = Server::start_in(tmp, &[("fprocess", f.to_str().unwrap())]).await;
+    let resp = post(&server, "/", "").await;
+    assert_eq!(resp.status(), 500);
+    let prefix = b"exit status 3\n";
+    assert_eq!(resp.headers()["content-length"], (prefix.len() + (3 << 20)).to_string().as_str());
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(&body[..prefix.len()], prefix);
+    assert!(body[prefix.len()..].iter().all(|b| *b == 0) && body.len() == prefix.len() + (3 << 20));
     server.stop().await;
 }
 
