@@ -408,6 +408,54 @@ async fn reflection_lists_services_v1_and_v1alpha() {
     server.stop().await;
 }
 
+/// A failed lookup is answered in the stream with an `error_response` (NOT_FOUND), as the reflection protocol
+/// says, and the same stream then answers the next request, in v1 and v1alpha. Each request is sent only after
+/// the previous answer came, so the stream is known to be open between them.
+#[tokio::test]
+async fn reflection_failed_lookups_are_error_responses_and_the_stream_goes_on() {
+    let server = Server::start(&[("fprocess", "cat")]).await;
+    macro_rules! check {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            use tonic_reflection::pb::$version::ServerReflectionRequest;
+            let version = stringify!($version);
+            let (tx, mut rx) = mpsc::channel::<ServerReflectionRequest>(1);
+            let requests = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            // Compressed, as grpcio and grpc-go clients may send it: both versions accept gzip.
+            let mut client = ServerReflectionClient::new(channel(&server).await)
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+            let ask = |message| ServerReflectionRequest { host: "h".into(), message_request: Some(message) };
+            let mut responses = client.server_reflection_info(requests).await.unwrap().into_inner();
+            for unknown in [
+                MessageRequest::FileContainingSymbol("no.Such".into()),
+                MessageRequest::FileByFilename("no/such.proto".into()),
+            ] {
+                tx.send(ask(unknown.clone())).await.unwrap();
+                let response = responses.next().await.expect("an answer").expect("an answer, not a status");
+                assert_eq!(response.original_request, Some(ask(unknown)), "{version}");
+                let Some(MessageResponse::ErrorResponse(error)) = &response.message_response else {
+                    panic!("{version}: expected an error response: {response:?}");
+                };
+                assert_eq!(error.error_code, Code::NotFound as i32, "{version}: {error:?}");
+
+                tx.send(ask(MessageRequest::ListServices(String::new()))).await.unwrap();
+                let response = responses.next().await.expect("an answer").expect("an answer, not a status");
+                let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+                    panic!("{version}: expected a service list: {response:?}");
+                };
+                assert!(list.service.iter().any(|s| s.name == "watchdog.v1.Function"), "{version}: {list:?}");
+            }
+            drop(tx);
+            assert!(responses.next().await.is_none(), "{version}: the stream ends cleanly");
+        }};
+    }
+    check!(v1);
+    check!(v1alpha);
+    server.stop().await;
+}
+
 /// One gRPC call over a plain hyper h2c client, so no client-side deadline races the server's answer:
 /// returns the gRPC status code from the head or the trailers.
 async fn bare_call(server: &Server, path: &str, headers: &[(&str, &str)], message: &[u8]) -> i32 {

@@ -264,6 +264,22 @@ def test_reflection_v1_raw(watchdog, grpc_channel):
     assert methods["SayHelloStream"].server_streaming and not methods["SayHello"].server_streaming
 
 
+def test_reflection_unknown_names_are_key_errors_and_the_database_goes_on(watchdog, grpc_channel):
+    """An unknown symbol or file is answered in the stream with a NOT_FOUND error_response, which
+    grpcio-reflection turns into the KeyError a DescriptorPool expects (a stream-ending status would be an
+    RpcError); the same database then still resolves real names."""
+    wd = watchdog("cat", grpc_descriptor_set=GREETER_SET)
+    db = ProtoReflectionDescriptorDatabase(grpc_channel(wd))
+    pool = descriptor_pool.DescriptorPool(db)
+    with pytest.raises(KeyError):
+        pool.FindMessageTypeByName("no.Such")
+    assert pool.FindMessageTypeByName("helloworld.HelloRequest").fields_by_name["name"].number == 1
+    with pytest.raises(KeyError):
+        db.FindFileByName("no/such.proto")
+    say_hello = pool.FindMethodByName("helloworld.Greeter.SayHello")
+    assert say_hello.output_type.full_name == "helloworld.HelloReply"
+
+
 # --- Function/Invoke ------------------------------------------------------------------------------------------
 
 
