@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ::http::{Request, Response};
+use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 
 use crate::backend::{Backend, BodyLimits};
@@ -52,17 +53,29 @@ impl Ingress {
     }
 
     /// Answers one request; never fails (every failure is a response).
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    ///
+    /// Each route's state machine is kilobytes, and the one future hyper holds per request would be as large as
+    /// the largest of them, copied whole each time it moves; boxed per route, it is a pointer, and a request
+    /// pays for its own route's state alone.
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> BoxFuture<'static, Result<Response<ResponseBody>, Infallible>> {
         let path = req.uri().path();
         if path == "/_/health" {
-            return Ok(probe::health(&self.lifecycle, req.method()));
+            return Box::pin(std::future::ready(Ok(probe::health(&self.lifecycle, req.method()))));
         }
         if path == "/_/ready" {
-            return Ok(probe::ready(&self, req).await);
+            return Box::pin(async move { Ok(probe::ready(&self, req).await) });
         }
         if grpc::is_grpc(req.headers()) {
-            return Ok(grpc::handle(self, req).await);
+            return Box::pin(async move { Ok(grpc::handle(self, req).await) });
         }
+        Box::pin(self.invoke(req))
+    }
+
+    /// A plain HTTP request or a CloudEvent: to the function, with the access line and metrics.
+    async fn invoke(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
         let method = req.method().clone();
         let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
@@ -85,7 +98,8 @@ impl Ingress {
             (false, Ok(None)) => InvokeError::Overloaded { max: self.config.max_inflight }.into_http_response(),
             (false, _) => InvokeError::Overloaded { max: self.config.max_inflight }.into_cloudevent_response(),
             (true, Err(error)) => cloudevents::DeliveryError::from(error).into_response(),
-            (true, Ok(Some(mode))) => cloudevents::invoke(&self, req, mode).await,
+            // Boxed: an event's state machine is twice a plain request's, which should not carry it.
+            (true, Ok(Some(mode))) => Box::pin(cloudevents::invoke(&self, req, mode)).await,
             (true, Ok(None)) => match http::invoke(&self, req).await {
                 Ok(response) => response,
                 Err(error) => {
