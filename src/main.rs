@@ -11,10 +11,16 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |names: &[&str]| args.iter().any(|a| names.contains(&a.as_str()));
     let env = |key: &str| std::env::var(key).ok();
+    let flags = match Flags::parse(&args) {
+        Ok(flags) => flags,
+        Err(message) => {
+            eprintln!("{message}\n\n{}", Config::help_text());
+            return ExitCode::from(2);
+        }
+    };
 
-    if flag(&["-run-healthcheck", "--run-healthcheck"]) {
+    if flags.run_healthcheck {
         let tmp = std::path::PathBuf::from(env("TMPDIR").filter(|t| !t.is_empty()).unwrap_or_else(|| "/tmp".into()));
         if ng_watchdog::supervisor::lock_file_present(&tmp) {
             return ExitCode::SUCCESS;
@@ -22,17 +28,13 @@ fn main() -> ExitCode {
         eprintln!("unable to find lock file.");
         return ExitCode::from(1);
     }
-    if flag(&["-version", "--version"]) {
+    if flags.version {
         println!("Version: {VERSION}\tSHA: {}", option_env!("GIT_COMMIT").unwrap_or("unknown"));
         return ExitCode::SUCCESS;
     }
-    if flag(&["-h", "-help", "--help"]) {
+    if flags.help {
         print!("{}", Config::help_text());
         return ExitCode::SUCCESS;
-    }
-    if let Some(unknown) = args.first() {
-        eprintln!("flag provided but not defined: {unknown}\n\n{}", Config::help_text());
-        return ExitCode::from(2);
     }
 
     let (config, warnings) = match Config::from_source(&env) {
@@ -80,5 +82,83 @@ async fn shutdown_signal() -> Shutdown {
     tokio::select! {
         _ = term.recv() => Shutdown::Graceful,
         _ = int.recv() => Shutdown::Immediate,
+    }
+}
+
+/// The command-line flags, parsed as Go's `flag` package parses the originals': `-name` or `--name`, a boolean
+/// value as `-name=false`; parsing stops at the first argument that is not a flag (or after `--`), and the rest
+/// are ignored.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Flags {
+    /// `-version`: print the version and exit.
+    version: bool,
+    /// `-run-healthcheck`: exit 0 when the lock file exists.
+    run_healthcheck: bool,
+    /// `-h` / `-help`: print the variables and exit.
+    help: bool,
+}
+
+impl Flags {
+    /// The flags in `args`, or the message Go prints for a bad one.
+    fn parse(args: &[String]) -> Result<Flags, String> {
+        let mut flags = Flags::default();
+        for arg in args {
+            if arg == "--" {
+                break;
+            }
+            let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')).filter(|f| !f.is_empty()) else {
+                break;
+            };
+            let (name, value) = match flag.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (flag, None),
+            };
+            let on = match value {
+                None => true,
+                Some(text) => {
+                    go_bool(text).ok_or_else(|| format!("invalid boolean value {text:?} for -{name}: parse error"))?
+                }
+            };
+            match name {
+                "version" => flags.version = on,
+                "run-healthcheck" => flags.run_healthcheck = on,
+                "h" | "help" => flags.help = true,
+                _ => return Err(format!("flag provided but not defined: -{name}")),
+            }
+        }
+        Ok(flags)
+    }
+}
+
+/// Go's `strconv.ParseBool`.
+fn go_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Flags, String> {
+        Flags::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn flags_parse_as_gos_flag_package() {
+        assert_eq!(parse(&[]), Ok(Flags::default()));
+        assert_eq!(parse(&["-version"]).unwrap(), Flags { version: true, ..Flags::default() });
+        assert_eq!(parse(&["--version=true"]).unwrap(), Flags { version: true, ..Flags::default() });
+        assert_eq!(parse(&["-version=false"]).unwrap(), Flags::default());
+        assert!(parse(&["-run-healthcheck=1"]).unwrap().run_healthcheck);
+        assert!(parse(&["--help"]).unwrap().help);
+        // The first argument that is not a flag ends parsing; what follows is ignored, as Go ignores it.
+        assert_eq!(parse(&["serve", "-nope"]), Ok(Flags::default()));
+        assert_eq!(parse(&["--", "-nope"]), Ok(Flags::default()));
+        assert_eq!(parse(&["-nope"]), Err("flag provided but not defined: -nope".into()));
+        assert_eq!(parse(&["-version=maybe"]), Err("invalid boolean value \"maybe\" for -version: parse error".into()));
     }
 }

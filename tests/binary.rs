@@ -30,11 +30,14 @@ async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool
 
 #[test]
 fn version_flags() {
-    for flag in ["-version", "--version"] {
+    for flag in ["-version", "--version", "-version=true"] {
         let out = fwatchdog().arg(flag).output().unwrap();
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("Version: "), "{flag}");
     }
+    let out = fwatchdog().arg("-nope").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("flag provided but not defined: -nope"));
 }
 
 #[test]
