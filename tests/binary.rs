@@ -191,6 +191,16 @@ async fn access_log_skips_kube_probes() {
     assert!(!binary.log().contains("/probe-path"), "{}", binary.log());
 }
 
+/// `debug_headers` logs the request's headers as they come in and the answer's as classic-watchdog set them.
+#[tokio::test]
+async fn debug_headers_logs_both_directions() {
+    let binary = Binary::start(&[("fprocess", "cat"), ("debug_headers", "true")]).await;
+    let client = reqwest::Client::new();
+    client.post(binary.url("/")).header("X-Probe", "in-value").body("x").send().await.unwrap();
+    eventually("[out] lines", Duration::from_secs(3), || binary.log().contains("[out] X-Duration-Seconds=[")).await;
+    assert!(binary.log().contains("[in] X-Probe=[in-value]"), "{}", binary.log());
+}
+
 /// SPEC §2: a caller's `X-Call-Id` is the request id in the logs.
 #[tokio::test]
 async fn access_lines_carry_the_callers_call_id() {

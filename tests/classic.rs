@@ -56,6 +56,21 @@ async fn each_variable_appears_once_with_the_watchdogs_value() {
     server.stop().await;
 }
 
+/// As Go's ServeMux: a path that is not clean gets 301 to its cleaned form, and the function never runs.
+#[tokio::test]
+async fn unclean_paths_are_redirected_to_the_clean_path() {
+    let server = Server::start(&[("fprocess", "env")]).await;
+    let resp = raw(server.addr, b"GET //double//slash?q=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(resp.status, 301);
+    assert_eq!(resp.header("location"), Some("/double/slash?q=1"));
+    assert_eq!(resp.text(), "<a href=\"/double/slash?q=1\">Moved Permanently</a>.\n\n");
+    let resp =
+        raw(server.addr, b"POST /a/../b HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(resp.status, 301);
+    assert_eq!(resp.header("location"), Some("/b"));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn host_header_is_passed() {
     let server = Server::start(&[("fprocess", "env")]).await;

@@ -71,6 +71,9 @@ impl Ingress {
         if grpc::is_grpc(req.headers()) {
             return Box::pin(async move { Ok(grpc::handle(self, req).await) });
         }
+        if let Some(redirect) = http::unclean_path_redirect(req.method(), req.uri()) {
+            return Box::pin(std::future::ready(Ok(redirect)));
+        }
         Box::pin(self.invoke(req))
     }
 
