@@ -43,6 +43,18 @@ def test_cloudevent_request_attributes(worker):
     }
 
 
+def test_cloudevent_request_has_the_path_and_query_it_was_posted_to(worker):
+    env = ce_envelope("ev-2", "/s", "com.example.describe")
+    env.transport.method, env.transport.path, env.transport.query = "POST", b"/events/in", "x=1"
+    env.transport.host = "sink.test"
+    got = json.loads(worker.call(env, b"d").body)
+    assert (got["path"], got["query"], got["host"]) == ("/events/in", "x=1", "sink.test")
+    assert got["headers"]["host"] == ["sink.test"]
+    # Over gRPC (CloudEvents/Send) there is no HTTP request: the root path.
+    got = json.loads(worker.call(ce_envelope("ev-3", "/s", "com.example.describe"), b"d").body)
+    assert (got["path"], got["query"]) == ("/", "")
+
+
 def test_cloudevent_reply(worker):
     res = worker.call(ce_envelope("ev-2", "/src", "com.example.reply", spec_version="1.0"), b"in")
     assert res.error is None, res.error

@@ -84,6 +84,11 @@ def test_socket_closed_by_the_watchdog_exits_0(worker):
     assert worker.wait_exit() == 0
 
 
+def test_sys_exit_in_a_handler_ends_the_worker_with_its_status(worker):
+    worker.start(http_envelope(path="/exit", query="code=3"))
+    assert worker.wait_exit() == 3
+
+
 def test_sigterm_exits_0(worker):
     import signal
 

@@ -46,6 +46,7 @@ def test_http_request_fields(worker):
     assert got["request_id"] == "call-42"
     assert got["deadline"] == "2030-03-17T17:46:40.250000+00:00"
     assert got["host"] == "example.test"
+    assert got["headers"]["host"] == ["example.test"]  # kept apart in the envelope, as Go keeps it
     assert got["content_length"] == 11
 
 

@@ -27,11 +27,12 @@ import sys
 import threading
 import traceback
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NoReturn, Optional, Union
 
 from ._pb.io.cloudevents.v1 import cloudevents_pb2
 from ._pb.watchdog.v1 import envelope_pb2, frame_pb2
 from ._types import (
+    BodyPending,
     CloudEvent,
     Event,
     GrpcStatus,
@@ -122,6 +123,22 @@ def _decode_frame(payload: bytes) -> frame_pb2.Frame:
     return frame
 
 
+def _exit_now(exc: SystemExit) -> NoReturn:
+    """Ends the process as the interpreter would for an uncaught SystemExit, at once: waiting for the handler
+    threads, as a normal exit does, could hang on a handler that never returns."""
+    code = exc.code
+    if code is not None and not isinstance(code, int):
+        _log(str(code))
+        code = 1
+    _log(f"a handler called sys.exit({exc.code!r}): the worker exits")
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:  # pragma: no cover - stdio closed
+        pass
+    os._exit(code or 0)
+
+
 def _error_text(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if len(text) > _MAX_MESSAGE_CHARS:
@@ -169,6 +186,10 @@ def build_request(
         headers._add("traceparent", traceparent)
     if tracestate and "tracestate" not in headers:
         headers._add("tracestate", tracestate)
+    # Go's server keeps Host apart from the other headers (the envelope follows it); a handler looks for it there.
+    host = env.transport.host if env.HasField("transport") else env.http.host
+    if host and "host" not in headers:
+        headers._add("host", host)
     deadline = None
     if env.HasField("deadline"):
         deadline = env.deadline.ToDatetime(tzinfo=_dt.timezone.utc)
@@ -212,11 +233,14 @@ def build_request(
             elif which == "text_data":
                 data = ce.text_data.encode("utf-8")
             common["body"] = data
+        # The HTTP request that carried the event, when there was one (not for CloudEvents/Send over gRPC).
+        raw_path = env.transport.path or b"/" if env.HasField("transport") else b"/"
         return Request(
             kind="cloudevent",
             method="POST",
-            path="/",
-            raw_path=b"/",
+            path=raw_path.decode("utf-8", "surrogateescape"),
+            raw_path=raw_path,
+            query=env.transport.query if env.HasField("transport") else "",
             event=Event(_event_attributes(ce), data),
             **common,
         )
@@ -725,7 +749,16 @@ class Connection(asyncio.Protocol):
     async def _call(self, request: Request) -> Any:
         if self.is_async:
             # An `async def` gives a coroutine; an async generator function gives its generator (the body).
-            result = self.handler(request)
+            try:
+                result = self.handler(request)
+                while inspect.isawaitable(result):
+                    result = await result
+            except BodyPending:
+                # SPEC §4 gives every handler `request.body`, but a coroutine cannot wait for a client stream's end
+                # inside a property: one that asked for it before anything else starts again once the stream has
+                # ended. (A handler that answers as the stream goes reads it with `request.stream()` instead.)
+                await request.read()
+                result = self.handler(request)
         else:
             assert self.pool is not None
             result = await asyncio.wrap_future(self.pool.submit(self.handler, request))
@@ -752,6 +785,10 @@ class Connection(asyncio.Protocol):
                 self._send_error(st, PERMANENT, _error_text(exc))
             except RetryableError as exc:
                 self._send_error(st, RETRYABLE, _error_text(exc))
+            except SystemExit as exc:
+                # `sys.exit()` in a handler ends the worker, as it would end any Python program: the watchdog
+                # answers what was in flight (502 naming the exit status) and starts a new worker.
+                _exit_now(exc)
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an INTERNAL answer
                 if st.finished:
                     return

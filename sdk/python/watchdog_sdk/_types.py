@@ -163,6 +163,11 @@ def _cut(message: str) -> str:
     return message
 
 
+class BodyPending(RuntimeError):
+    """`request.body` was read on the event loop while a client stream was still arriving; the SDK then waits for
+    the stream's end and runs the async handler again (see `request.body`)."""
+
+
 class GrpcFramingError(PermanentError):
     """A gRPC request body that is not well-formed length-prefixed messages (a caller's fault: a handler that
     lets it escape answers INVALID_ARGUMENT)."""
@@ -392,7 +397,7 @@ class _RequestBody:
     def next_blocking(self) -> Optional[bytes]:
         if self.on_loop():
             # Blocking here would stop the loop that delivers the chunks.
-            raise RuntimeError(
+            raise BodyPending(
                 "reading the request body of a client-streaming call blocks: in an async handler use "
                 "`async for chunk in request.stream()` or `await request.read()`"
             )
@@ -605,8 +610,9 @@ class Request:
         """The whole body, bytes.
 
         For a client-streaming gRPC call the handler starts before the body has ended: then a sync handler's
-        first access waits (in its thread) until the body is complete, and an async handler must use
-        `await request.read()` or `request.stream()` instead (reading it here raises RuntimeError).
+        first access waits (in its thread) until the body is complete, and an async handler that reads it first
+        is started again once the body has ended (it cannot wait here without stopping the event loop); one that
+        answers while the stream goes on reads it with `request.stream()` or `await request.read()`.
         """
         if self._body is None:
             source = self._body_source

@@ -376,6 +376,17 @@ def test_invoke_stream_classic_streams_both_ways(watchdog, grpc_channel):
     ping_pong(function_stub(grpc_channel(wd)))
 
 
+def test_invoke_stream_to_an_async_handler_reading_the_whole_body(watchdog, python_handler, grpc_channel):
+    """SPEC §4's handler, `async def` returning `request.body`, also answers a client stream (InvokeStream)."""
+    fprocess, env = python_handler(
+        "import watchdog_sdk\n\nasync def handle(request):\n    return request.body\n\nwatchdog_sdk.serve(handle)\n"
+    )
+    wd = watchdog(fprocess, **env)
+    chunks = [fn.Chunk(data=d) for d in (b"one-", b"two-", b"three")]
+    replies = function_stub(grpc_channel(wd)).InvokeStream(iter(chunks), timeout=TIMEOUT)
+    assert b"".join(r.data for r in replies) == b"one-two-three"
+
+
 def test_invoke_stream_http_mode_streams_both_ways(sdk_watchdog, grpc_channel):
     wd = sdk_watchdog()
     responses = ping_pong(function_stub(grpc_channel(wd)))

@@ -125,6 +125,8 @@ def common(request):
         raise RetryableError("try again later")
     if path == "/boom":
         raise ValueError("boom happened")
+    if path == "/exit":
+        sys.exit(int(params(request)["code"]))
     if path == "/badtype":
         return True, 42
     if path == "/stream-big":
@@ -213,7 +215,7 @@ async def handle_grpc_async(request):
                 yield b"echo " + message
         return chat()
     if method == "Body":
-        return request.body  # not allowed on the loop while the body is still arriving: RuntimeError
+        return request.body  # read first, on the loop: the handler runs again once the body has ended
     if method == "Read":
         await request.read()
         return b"|".join(request.grpc_messages())
