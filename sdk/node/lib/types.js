@@ -227,9 +227,13 @@ class WatchdogRequest {
       const ce = env.cloudevent;
       this.kind = 'cloudevent';
       this.method = 'POST';
-      this.path = '/';
-      this.rawPath = Buffer.from('/');
-      if (this.transport) this.host = this.transport.host;
+      // The HTTP request that carried the event, when there was one (not for CloudEvents/Send over gRPC).
+      this.rawPath = this.transport ? this.transport.rawPath : Buffer.from('/');
+      this.path = this.rawPath.toString('utf8');
+      if (this.transport) {
+        this.query = this.transport.query;
+        this.host = this.transport.host;
+      }
       if (body.length === 0) {
         // The data travels as the body (proto/README.md); accept it inside the message too.
         if (ce.data === 'binaryData') this.body = Buffer.from(ce.binaryData);

@@ -247,6 +247,16 @@ test('a CloudEvent reaches the handler with its attributes in canonical string f
   assert.equal(r.headers.traceparent, '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01');
 });
 
+test('a CloudEvent request has the path and query of the HTTP request that carried it', T, async () => {
+  const posted = cloudEvent('test.echo');
+  posted.transport = { method: 'POST', path: Buffer.from('/events/in'), query: 'x=1', host: 'sink.test' };
+  const r = json(await wd.request(posted, Buffer.from('d')));
+  assert.deepEqual([r.path, r.query, r.host], ['/events/in', 'x=1', 'sink.test']);
+  // Over gRPC (CloudEvents/Send) there is no HTTP request: the root path.
+  const sent = json(await wd.request(cloudEvent('test.echo'), Buffer.from('d')));
+  assert.deepEqual([sent.path, sent.query], ['/', '']);
+});
+
 test('a CloudEvent reply: status 200, reply attributes, data as the body', T, async () => {
   const st = await wd.request(cloudEvent('test.reply'), Buffer.from('order 7'));
   assert.equal(st.head.status, 200);

@@ -203,31 +203,34 @@ impl Request {
     }
 
     /// The percent-decoded path, without the query string (lossily converted if it is not UTF-8: see
-    /// [`Request::path_bytes`]). For a gRPC call, the full method name; for a CloudEvent, empty.
+    /// [`Request::path_bytes`]). For a gRPC call, the full method name; for a CloudEvent, the path it was posted
+    /// to (empty when it came over gRPC).
     pub fn path(&self) -> &str {
         if let Some(p) = &self.lossy_path {
             return p;
         }
         match &self.envelope.kind {
-            Some(envelope::Kind::Http(h)) => std::str::from_utf8(&h.path).unwrap_or_default(),
             Some(envelope::Kind::Grpc(g)) => &g.method,
-            _ => "",
+            _ => std::str::from_utf8(self.path_bytes()).unwrap_or_default(),
         }
     }
 
     /// The percent-decoded path exactly as received (a decoded path need not be UTF-8).
     pub fn path_bytes(&self) -> &[u8] {
-        match &self.envelope.kind {
-            Some(envelope::Kind::Http(h)) => &h.path,
-            Some(envelope::Kind::Grpc(g)) => g.method.as_bytes(),
+        match (&self.envelope.kind, &self.envelope.transport) {
+            (Some(envelope::Kind::Http(h)), _) => &h.path,
+            (Some(envelope::Kind::Grpc(g)), _) => g.method.as_bytes(),
+            (Some(envelope::Kind::Cloudevent(_)), Some(t)) => &t.path,
             _ => b"",
         }
     }
 
-    /// The raw query string, without the `?` (empty when none).
+    /// The raw query string, without the `?` (empty when none; for a CloudEvent, that of the request it was
+    /// posted with).
     pub fn query(&self) -> &str {
-        match &self.envelope.kind {
-            Some(envelope::Kind::Http(h)) => &h.query,
+        match (&self.envelope.kind, &self.envelope.transport) {
+            (Some(envelope::Kind::Http(h)), _) => &h.query,
+            (Some(envelope::Kind::Cloudevent(_)), Some(t)) => &t.query,
             _ => "",
         }
     }
@@ -515,6 +518,26 @@ mod tests {
         let ts = prost_types::Timestamp { seconds: 1_700_000_000, nanos: 500_000_000 };
         assert_eq!(canonical(&v(Attr::CeTimestamp(ts))), "2023-11-14T22:13:20.500Z");
         assert_eq!(canonical(&CloudEventAttributeValue { attr: None }), "");
+    }
+
+    #[test]
+    fn a_cloudevent_has_the_path_and_query_it_was_posted_to() {
+        use crate::proto::io::cloudevents::v1::CloudEvent;
+        use crate::proto::watchdog::v1::HttpRequest;
+        let event = Some(envelope::Kind::Cloudevent(CloudEvent::default()));
+        let transport = HttpRequest {
+            method: "POST".into(),
+            path: Bytes::from_static(b"/events/in"),
+            query: "x=1".into(),
+            host: "sink.test".into(),
+            ..Default::default()
+        };
+        let posted = Envelope { kind: event.clone(), transport: Some(transport), ..Default::default() };
+        let request = Request::new(posted, Body::empty());
+        assert_eq!((request.path(), request.query(), request.host()), ("/events/in", "x=1", "sink.test"));
+        // Sent over gRPC (CloudEvents/Send): no HTTP request.
+        let sent = Request::new(Envelope { kind: event, ..Default::default() }, Body::empty());
+        assert_eq!((sent.path(), sent.query()), ("", ""));
     }
 
     #[tokio::test]
