@@ -70,7 +70,10 @@ async fn missing_files_and_escapes_are_404() {
     let resp = client().get(server.url("/nope.txt")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.text().await.unwrap(), "404 page not found\n");
+    // An unclean path gets Go ServeMux's 301 to its cleaned form, which stays inside the directory.
     let resp = common::raw(server.addr, b"GET /../secret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!((resp.status, resp.header("location")), (301, Some("/secret")), "{}", resp.text());
+    let resp = common::raw(server.addr, b"GET /secret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert_eq!(resp.status, 404, "{}", resp.text());
     let resp =
         common::raw(server.addr, b"GET /docs/%2e%2e/%2e%2e/secret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
