@@ -49,11 +49,17 @@ pub async fn invoke(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
 }
 
 /// Go's ServeMux answer to a request whose path is not clean (`//a`, `/a/./b`, `/a/../b`): 301 to the cleaned
-/// path, before any handler sees it; `None` for a clean path (and for CONNECT, which ServeMux leaves alone).
+/// path, before any handler sees it (and Go's server's own 200 to `OPTIONS *`); `None` for a clean path and for
+/// CONNECT, which ServeMux leaves alone.
 pub(super) fn unclean_path_redirect(method: &Method, uri: &::http::Uri) -> Option<Response<ResponseBody>> {
     let path = uri.path();
     if *method == Method::CONNECT {
         return None;
+    }
+    if path == "*" {
+        // `OPTIONS *` asks about the server, not a resource: Go's server answers it itself, 200 and no body.
+        let status = if *method == Method::OPTIONS { ::http::StatusCode::OK } else { ::http::StatusCode::BAD_REQUEST };
+        return Response::builder().status(status).body(crate::body::empty()).ok();
     }
     let clean = clean_path(path)?;
     let location = match uri.query() {
@@ -165,6 +171,8 @@ mod tests {
         let post = unclean_path_redirect(&Method::POST, &uri).unwrap();
         assert!(!post.headers().contains_key(::http::header::CONTENT_TYPE));
         assert!(unclean_path_redirect(&Method::CONNECT, &uri).is_none());
+        let star: ::http::Uri = "*".parse().unwrap();
+        assert_eq!(unclean_path_redirect(&Method::OPTIONS, &star).unwrap().status(), 200);
         assert!(unclean_path_redirect(&Method::GET, &"/fine?q=1".parse().unwrap()).is_none());
     }
 }
