@@ -207,16 +207,19 @@ impl FunctionProcess {
         let overridden = |entry: &CStr| env.iter().any(|v| v.name() == name_of(entry));
         let mut envp: Vec<&CStr> =
             template.inherited.iter().map(CString::as_c_str).filter(|e| !overridden(e)).collect();
-        // As Go's os/exec, a name given twice (a `Method` header's Http_Method and the real one) keeps its last value.
-        let shadowed: Vec<bool> =
-            (0..env.len()).map(|i| env[i + 1..].iter().any(|later| later.name() == env[i].name())).collect();
-        let own: Vec<CString> = env
-            .into_iter()
-            .zip(shadowed)
-            .filter(|(_, shadowed)| !shadowed)
-            .map(|(var, _)| var.into_c_string())
-            .collect::<Option<_>>()
-            .ok_or_else(|| invalid("a variable"))?;
+        // As Go's os/exec, a name given twice (a `Method` header's Http_Method and the real one) keeps its last
+        // value. Removed in place: duplicates are rare, and a request should not pay an allocation to look.
+        let mut env = env;
+        let mut i = 0;
+        while i < env.len() {
+            if env[i + 1..].iter().any(|later| later.name() == env[i].name()) {
+                env.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        let own: Vec<CString> =
+            env.into_iter().map(EnvVar::into_c_string).collect::<Option<_>>().ok_or_else(|| invalid("a variable"))?;
         envp.extend(own.iter().map(CString::as_c_str));
 
         let (in_reader, in_writer) = std::io::pipe().map_err(describe)?;

@@ -123,6 +123,13 @@ def _decode_frame(payload: bytes) -> frame_pb2.Frame:
     return frame
 
 
+async def _resolved(result: Any) -> Any:
+    """A handler's result, awaited for as long as it is awaitable (a plain function may return a coroutine)."""
+    while inspect.isawaitable(result):
+        result = await result
+    return result
+
+
 def _exit_now(exc: SystemExit) -> NoReturn:
     """Ends the process as the interpreter would for an uncaught SystemExit, at once: waiting for the handler
     threads, as a normal exit does, could hang on a handler that never returns."""
@@ -747,24 +754,18 @@ class Connection(asyncio.Protocol):
     # ---- running a handler -------------------------------------------------------------------------------------
 
     async def _call(self, request: Request) -> Any:
-        if self.is_async:
-            # An `async def` gives a coroutine; an async generator function gives its generator (the body).
-            try:
-                result = self.handler(request)
-                while inspect.isawaitable(result):
-                    result = await result
-            except BodyPending:
-                # SPEC §4 gives every handler `request.body`, but a coroutine cannot wait for a client stream's end
-                # inside a property: one that asked for it before anything else starts again once the stream has
-                # ended. (A handler that answers as the stream goes reads it with `request.stream()` instead.)
-                await request.read()
-                result = self.handler(request)
-        else:
+        if not self.is_async:
             assert self.pool is not None
-            result = await asyncio.wrap_future(self.pool.submit(self.handler, request))
-        while inspect.isawaitable(result):  # a plain function that returned a coroutine
-            result = await result
-        return result
+            return await _resolved(await asyncio.wrap_future(self.pool.submit(self.handler, request)))
+        # An `async def` gives a coroutine; an async generator function gives its generator (the body).
+        try:
+            return await _resolved(self.handler(request))
+        except BodyPending:
+            # SPEC §4 gives every handler `request.body`, but a coroutine cannot wait for a client stream's end
+            # inside a property: one that asked for it before anything else starts again once the stream has
+            # ended. (A handler that answers as the stream goes reads it with `request.stream()` instead.)
+            await request.read()
+            return await _resolved(self.handler(request))
 
     async def _handle(self, st: _Stream, request: Request) -> None:
         try:
