@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         .build_client(true)
         .build_server(true)
+        // Smaller first message buffers than tonic's default (see the codec's comment).
+        .codec_path("crate::ingress::grpc::codec::MessageCodec")
         .compile_fds_with_config(descriptors, config)?;
     Ok(())
 }

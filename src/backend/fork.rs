@@ -101,9 +101,9 @@ impl ForkBackend {
     /// does not cut a plain HTTP request short (as with the originals) and it is always reaped. A gRPC call
     /// (`stop_when_abandoned`) is different: its client cancelling (this future or the response body dropped
     /// early) kills the function.
-    pub async fn invoke(self: &Arc<Self>, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
+    pub async fn invoke(self: Arc<Self>, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
         let (reply, answer) = oneshot::channel();
-        let backend = Arc::clone(self);
+        let backend = Arc::clone(&self);
         let grpc = invocation.envelope.grpc().map(|call| call.server_streaming);
         // gRPC answers and reply events are held until exit in every style (the exit status decides the code),
         // unless a gRPC call streams its response.

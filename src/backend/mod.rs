@@ -75,14 +75,17 @@ pub enum Backend {
 
 impl Backend {
     /// Runs one request and returns the function's answer or why there is none.
-    pub fn invoke(&self, invocation: Invocation) -> BoxFuture<'_, Result<Response<ResponseBody>, InvokeError>> {
+    ///
+    /// The future owns what it needs, so an ingress can start it while it still holds the request and keep only
+    /// the box across its own awaits.
+    pub fn invoke(&self, invocation: Invocation) -> BoxFuture<'static, Result<Response<ResponseBody>, InvokeError>> {
         // Each backend's state machine (with the invocation inside) is kilobytes; boxed, the request's future,
         // which hyper moves into a task per HTTP/2 stream, stays small instead of being copied whole.
         match self {
-            Backend::Fork(fork) => Box::pin(fork.invoke(invocation)),
-            Backend::Framed(framed) => Box::pin(framed.invoke(invocation)),
-            Backend::Proxy(proxy) => Box::pin(proxy.invoke(invocation)),
-            Backend::Static(files) => Box::pin(files.invoke(invocation)),
+            Backend::Fork(fork) => Box::pin(Arc::clone(fork).invoke(invocation)),
+            Backend::Framed(framed) => framed.invoke(invocation),
+            Backend::Proxy(proxy) => Box::pin(Arc::clone(proxy).invoke(invocation)),
+            Backend::Static(files) => Box::pin(Arc::clone(files).invoke(invocation)),
         }
     }
 

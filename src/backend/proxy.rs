@@ -168,7 +168,7 @@ impl ProxyBackend {
     }
 
     /// Forwards one request. `X-Timeout` may shorten the deadline, never lengthen it past `exec_timeout`.
-    pub async fn invoke(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
+    pub async fn invoke(self: Arc<Self>, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
         let start = Instant::now();
         let parts = &invocation.head;
         let requested = parts.headers.get("x-timeout").and_then(|v| v.to_str().ok()).and_then(parse_duration);

@@ -3,6 +3,7 @@
 //! the type comes from the extension or, failing that, from the first bytes.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -33,7 +34,7 @@ impl StaticBackend {
     }
 
     /// Answers one request from the file tree.
-    pub async fn invoke(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
+    pub async fn invoke(self: Arc<Self>, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
         let Some(http) = invocation.envelope.carrier() else {
             return Ok(not_found());
         };

@@ -2,8 +2,11 @@
 //! body; the function's answer becomes a reply event in binary mode (200), no reply (202), or a status from
 //! Knative's retry table. Parsing and encoding are in [`crate::cloudevent`]; this module applies them.
 
+use std::sync::Arc;
+
 use ::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -11,6 +14,7 @@ use super::Ingress;
 use crate::backend::{Backend, Invocation, ReplyEvent};
 use crate::body::{self, BoxError, RequestBody, ResponseBody};
 use crate::cloudevent::{self, BindingError, CloudEvent, Mode, Parsed};
+use crate::config::Config;
 use crate::envelope::{self, Envelope, Kind};
 use crate::error::{plain_response, InvokeError};
 
@@ -28,7 +32,7 @@ pub enum DeliveryError {
     Invoke(#[from] InvokeError),
     /// The function answered with a non-2xx status of its own: passed on as it is.
     #[error("the function answered {}", .0.status())]
-    Declined(Response<ResponseBody>),
+    Declined(Box<Response<ResponseBody>>),
     /// The function's reply event is not a valid CloudEvent.
     #[error("the function's reply event is invalid: {0}")]
     BadReply(BindingError),
@@ -40,7 +44,7 @@ impl DeliveryError {
         match self {
             DeliveryError::Binding(error) => plain_response(error.status(), format!("{error}\n")),
             DeliveryError::Invoke(error) => error.into_cloudevent_response(),
-            DeliveryError::Declined(response) => response,
+            DeliveryError::Declined(response) => *response,
             bad @ DeliveryError::BadReply(_) => plain_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{bad}\n")),
         }
     }
@@ -72,16 +76,33 @@ pub struct Reply {
 }
 
 /// Answers a request that [`cloudevent::detect`] recognised as `mode`.
-pub async fn invoke(ingress: &Ingress, req: Request<Incoming>, mode: Mode) -> Response<ResponseBody> {
-    let result = match mode {
-        Mode::Binary => binary(ingress, req).await,
-        Mode::Structured => structured(ingress, req).await,
-        Mode::Batch => batch(ingress, req).await,
-    };
-    result.unwrap_or_else(DeliveryError::into_response)
+///
+/// A binary-mode event is read and handed to the function here, before the returned future: a future keeps
+/// every value it borrowed for its whole life, and the request's head and envelope kept that way made each
+/// event's future kilobytes, copied whole into its box.
+pub fn invoke(
+    ingress: &Arc<Ingress>,
+    req: Request<Incoming>,
+    mode: Mode,
+) -> BoxFuture<'static, Response<ResponseBody>> {
+    let ingress = Arc::clone(ingress);
+    match mode {
+        Mode::Binary => match binary(&ingress, req) {
+            Ok(answer) => answer,
+            Err(error) => Box::pin(std::future::ready(error.into_response())),
+        },
+        Mode::Structured => {
+            Box::pin(async move { structured(&ingress, req).await.unwrap_or_else(DeliveryError::into_response) })
+        }
+        Mode::Batch => Box::pin(async move { batch(&ingress, req).await.unwrap_or_else(DeliveryError::into_response) }),
+    }
 }
 
-async fn binary(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<ResponseBody>, DeliveryError> {
+/// Starts delivering a binary-mode event; the future answers it.
+fn binary(
+    ingress: &Ingress,
+    req: Request<Incoming>,
+) -> Result<BoxFuture<'static, Response<ResponseBody>>, DeliveryError> {
     let event = cloudevent::from_binary(req.headers())?;
     let (parts, body) = req.into_parts();
     let content_length = super::http::declared_length(&parts, &body);
@@ -95,10 +116,16 @@ async fn binary(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Re
         .map_err(InvokeError::from)?;
     let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
     if let Backend::Proxy(_) = ingress.backend {
-        return proxy_unchanged(ingress, envelope, body, parts).await;
+        let answer = proxy_unchanged(ingress, envelope, body, parts);
+        return Ok(Box::pin(async move { answer.await.unwrap_or_else(|e| DeliveryError::from(e).into_response()) }));
     }
-    let reply = deliver(ingress, envelope, event, body, parts, Transport::Http).await?;
-    Ok(reply.map(binary_response).unwrap_or_else(accepted))
+    let delivery = deliver(ingress, envelope, event, body, parts, Transport::Http);
+    Ok(Box::pin(async move {
+        match delivery.finish().await {
+            Ok(reply) => reply.map(binary_response).unwrap_or_else(accepted),
+            Err(error) => error.into_response(),
+        }
+    }))
 }
 
 async fn structured(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<ResponseBody>, DeliveryError> {
@@ -108,7 +135,7 @@ async fn structured(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
         return proxy_whole(ingress, parts, whole).await;
     }
     let envelope = event_envelope(&parts, &event, data.len(), ingress.backend.timeout())?;
-    let reply = deliver(ingress, envelope, event, body::request_from(data), parts, Transport::Http).await?;
+    let reply = deliver(ingress, envelope, event, body::request_from(data), parts, Transport::Http).finish().await?;
     Ok(reply.map(binary_response).unwrap_or_else(accepted))
 }
 
@@ -121,7 +148,8 @@ async fn batch(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Res
     let mut replies = Vec::new();
     for Parsed { event, data } in events {
         let envelope = event_envelope(&parts, &event, data.len(), ingress.backend.timeout())?;
-        let reply = deliver(ingress, envelope, event, body::request_from(data), parts.clone(), Transport::Http).await?;
+        let delivery = deliver(ingress, envelope, event, body::request_from(data), parts.clone(), Transport::Http);
+        let reply = delivery.finish().await?;
         if let Some(reply) = reply {
             let data = collect_reply_data(reply.data).await?;
             replies.push((reply.event, data));
@@ -139,15 +167,15 @@ async fn batch(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<Res
 
 /// With `upstream_url` the function's own server speaks CloudEvents: a valid event goes to it unchanged and its
 /// answer comes back unchanged.
-async fn proxy_unchanged(
+fn proxy_unchanged(
     ingress: &Ingress,
     envelope: Envelope,
     body: RequestBody,
     head: ::http::request::Parts,
-) -> Result<Response<ResponseBody>, DeliveryError> {
+) -> BoxFuture<'static, Result<Response<ResponseBody>, InvokeError>> {
     let invocation =
         Invocation { envelope, body, limits: ingress.body_limits(), head, timeout: None, stop_when_abandoned: false };
-    Ok(ingress.backend.invoke(invocation).await?)
+    ingress.backend.invoke(invocation)
 }
 
 /// [`proxy_unchanged`] for a body already read whole (structured, batched) to validate it.
@@ -158,7 +186,7 @@ async fn proxy_whole(
 ) -> Result<Response<ResponseBody>, DeliveryError> {
     let envelope =
         envelope::from_http(&parts, whole.len() as i64, ingress.backend.timeout()).map_err(InvokeError::from)?;
-    proxy_unchanged(ingress, envelope, body::request_from(whole), parts).await
+    Ok(proxy_unchanged(ingress, envelope, body::request_from(whole), parts).await?)
 }
 
 /// Reads a structured or batched body whole, within `max_body_bytes` (32 MiB when unlimited) and `read_timeout`.
@@ -216,16 +244,16 @@ pub enum Transport {
     Grpc(Option<std::time::Duration>),
 }
 
-/// Runs the function for one event and turns its answer into a reply event, or `None` when it accepted the
-/// event without output. Also used by the gRPC `CloudEvents` service, so both transports share the rules.
-pub async fn deliver(
+/// Starts the function for one event; [`Delivery::finish`] turns its answer into a reply event. Also used by
+/// the gRPC `CloudEvents` service, so both transports share the rules.
+pub fn deliver(
     ingress: &Ingress,
     envelope: Envelope,
     event: CloudEvent,
     body: RequestBody,
     head: ::http::request::Parts,
     transport: Transport,
-) -> Result<Option<Reply>, DeliveryError> {
+) -> Delivery {
     let request = RequestFacts::of(ingress, &event);
     let mut envelope = envelope.into_kind(Kind::Cloudevent(event));
     // Envelopes made from a structured request or a gRPC call may still carry some.
@@ -236,8 +264,34 @@ pub async fn deliver(
         Transport::Grpc(timeout) => (timeout, true),
     };
     let invocation = Invocation { envelope, body, limits, head, timeout, stop_when_abandoned };
-    let response = ingress.backend.invoke(invocation).await?;
-    reply_from(ingress, request, response).await
+    Delivery {
+        answer: ingress.backend.invoke(invocation),
+        rules: ReplyRules { config: Arc::clone(&ingress.config), fork: matches!(ingress.backend, Backend::Fork(_)) },
+        request,
+    }
+}
+
+/// One event on its way through the function.
+pub struct Delivery {
+    /// The function's answer, to come.
+    answer: BoxFuture<'static, Result<Response<ResponseBody>, InvokeError>>,
+    rules: ReplyRules,
+    request: RequestFacts,
+}
+
+impl Delivery {
+    /// The reply event of the function's answer, or `None` when it accepted the event without output.
+    pub async fn finish(self) -> Result<Option<Reply>, DeliveryError> {
+        let response = self.answer.await?;
+        self.rules.reply_from(self.request, response)
+    }
+}
+
+/// What the reply rules depend on besides the answer itself.
+struct ReplyRules {
+    config: Arc<Config>,
+    /// Whether the function is forked per request (its output is its whole answer).
+    fork: bool,
 }
 
 /// Whether an event's envelope keeps the header `name`: a worker has the attributes in the event; only a forked
@@ -270,68 +324,72 @@ impl RequestFacts {
     }
 }
 
-/// The reply rules of SPEC §6 applied to the function's answer.
-async fn reply_from(
-    ingress: &Ingress,
-    request: RequestFacts,
-    response: Response<ResponseBody>,
-) -> Result<Option<Reply>, DeliveryError> {
-    if !response.status().is_success() {
-        return Err(DeliveryError::Declined(response));
+impl ReplyRules {
+    /// The reply rules of SPEC §6 applied to the function's answer.
+    fn reply_from(
+        &self,
+        request: RequestFacts,
+        response: Response<ResponseBody>,
+    ) -> Result<Option<Reply>, DeliveryError> {
+        if !response.status().is_success() {
+            return Err(DeliveryError::Declined(Box::new(response)));
+        }
+        let (mut parts, data) = response.into_parts();
+        let own = parts.extensions.remove::<ReplyEvent>().map(|ReplyEvent(event)| event);
+        if own.is_none() && self.accepted_without_reply(parts.status, &data) {
+            return Ok(None);
+        }
+        let content_type = parts.headers.remove(header::CONTENT_TYPE);
+        let mut event = own.unwrap_or_default();
+        self.fill_defaults(request, content_type, &mut event);
+        cloudevent::validate(&event).map_err(DeliveryError::BadReply)?;
+        drop_ce_headers(&mut parts.headers);
+        Ok(Some(Reply { event, headers: parts.headers, data }))
     }
-    let (mut parts, data) = response.into_parts();
-    let own = parts.extensions.remove::<ReplyEvent>().map(|ReplyEvent(event)| event);
-    if own.is_none() && accepted_without_reply(&ingress.backend, parts.status, &data) {
-        return Ok(None);
-    }
-    let content_type = parts.headers.remove(header::CONTENT_TYPE);
-    let mut event = own.unwrap_or_default();
-    fill_defaults(ingress, request, content_type, &mut event);
-    cloudevent::validate(&event).map_err(DeliveryError::BadReply)?;
-    drop_ce_headers(&mut parts.headers);
-    Ok(Some(Reply { event, headers: parts.headers, data }))
-}
 
-/// Completes a reply event: a fresh id, `ce_reply_source`, `ce_reply_type` (else the request's type +
-/// `.reply`), the request's spec version, and a `datacontenttype`.
-fn fill_defaults(ingress: &Ingress, request: RequestFacts, content_type: Option<HeaderValue>, event: &mut CloudEvent) {
-    let config = &ingress.config;
-    if event.id.is_empty() {
-        event.id = envelope::new_id();
+    /// Completes a reply event: a fresh id, `ce_reply_source`, `ce_reply_type` (else the request's type +
+    /// `.reply`), the request's spec version, and a `datacontenttype`.
+    fn fill_defaults(&self, request: RequestFacts, content_type: Option<HeaderValue>, event: &mut CloudEvent) {
+        let config = &self.config;
+        if event.id.is_empty() {
+            event.id = envelope::new_id();
+        }
+        if event.source.is_empty() {
+            event.source = config.ce_reply_source.clone();
+        }
+        if event.r#type.is_empty() {
+            event.r#type = request.reply_type;
+        }
+        if event.spec_version.is_empty() {
+            event.spec_version = request.spec_version.to_string();
+        }
+        if event.attributes.contains_key("datacontenttype") {
+            return;
+        }
+        // A fork function's Content-Type is the watchdog's guess (`content_type`); an http-mode function's is its
+        // own choice. Either way the request's datacontenttype is the fallback.
+        let chosen = if self.fork {
+            config.content_type.clone().or(request.datacontenttype)
+        } else {
+            content_type
+                .and_then(|v| v.to_str().ok().filter(|t| !t.is_empty()).map(String::from))
+                .or(request.datacontenttype)
+        };
+        if let Some(ct) = chosen {
+            event.attributes.insert("datacontenttype".into(), cloudevent::string_value(ct));
+        }
     }
-    if event.source.is_empty() {
-        event.source = config.ce_reply_source.clone();
-    }
-    if event.r#type.is_empty() {
-        event.r#type = request.reply_type;
-    }
-    if event.spec_version.is_empty() {
-        event.spec_version = request.spec_version.to_string();
-    }
-    if event.attributes.contains_key("datacontenttype") {
-        return;
-    }
-    // A fork function's Content-Type is the watchdog's guess (`content_type`); an http-mode function's is its
-    // own choice. Either way the request's datacontenttype is the fallback.
-    let chosen = match ingress.backend {
-        Backend::Fork(_) => config.content_type.clone().or(request.datacontenttype),
-        _ => content_type
-            .and_then(|v| v.to_str().ok().filter(|t| !t.is_empty()).map(String::from))
-            .or(request.datacontenttype),
-    };
-    if let Some(ct) = chosen {
-        event.attributes.insert("datacontenttype".into(), cloudevent::string_value(ct));
-    }
-}
 
-/// Whether the function accepted the event without a reply. A forked function's output is complete by now, so
-/// its size is known: no output, no reply. A worker says so itself with 202 (or 204), which the SDKs send for a
-/// handler that returns nothing; deciding from the head keeps its reply streaming instead of waiting for a
-/// first byte.
-fn accepted_without_reply(backend: &Backend, status: StatusCode, data: &ResponseBody) -> bool {
-    match backend {
-        Backend::Fork(_) => http_body::Body::size_hint(data).exact() == Some(0),
-        _ => matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT),
+    /// Whether the function accepted the event without a reply. A forked function's output is complete by now,
+    /// so its size is known: no output, no reply. A worker says so itself with 202 (or 204), which the SDKs send
+    /// for a handler that returns nothing; deciding from the head keeps its reply streaming instead of waiting
+    /// for a first byte.
+    fn accepted_without_reply(&self, status: StatusCode, data: &ResponseBody) -> bool {
+        if self.fork {
+            http_body::Body::size_hint(data).exact() == Some(0)
+        } else {
+            matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT)
+        }
     }
 }
 

@@ -7,12 +7,12 @@ use hyper::body::{Body, Incoming};
 use super::Ingress;
 use crate::backend::Invocation;
 use crate::body::ResponseBody;
-use crate::config::Mode;
+use crate::config::{Config, Mode};
 use crate::envelope;
 use crate::error::InvokeError;
 
-/// Runs the function for a plain HTTP request.
-pub async fn invoke(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<ResponseBody>, InvokeError> {
+/// A plain HTTP request as the backend's invocation; done before any await (see [`Ingress::handle`]).
+pub fn invocation(ingress: &Ingress, req: Request<Incoming>) -> Result<Invocation, InvokeError> {
     let config = &ingress.config;
     if config.mode == Mode::Classic
         && !matches!(*req.method(), Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
@@ -36,16 +36,29 @@ pub async fn invoke(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
     }
     let limits = ingress.body_limits();
     let body = body.map_err(|e| Box::new(e) as crate::body::BoxError).boxed_unsync();
-    let invocation = Invocation { envelope, body, limits, head: parts, timeout: None, stop_when_abandoned: false };
-    let response = ingress.backend.invoke(invocation).await?;
-    if config.debug_headers {
-        // classic-watchdog prints the headers it set once it has answered (the server adds Date later).
-        for (name, value) in response.headers() {
-            let name = crate::backend::cgi::canonical_header_key(name.as_str());
-            tracing::info!("[out] {name}=[{}]", String::from_utf8_lossy(value.as_bytes()));
+    Ok(Invocation { envelope, body, limits, head: parts, timeout: None, stop_when_abandoned: false })
+}
+
+/// The response to a plain HTTP request: the function's answer, or its failure's.
+pub fn response(config: &Config, answer: Result<Response<ResponseBody>, InvokeError>) -> Response<ResponseBody> {
+    match answer {
+        Ok(response) => {
+            if config.debug_headers {
+                // classic-watchdog prints the headers it set once it has answered (the server adds Date later).
+                for (name, value) in response.headers() {
+                    let name = crate::backend::cgi::canonical_header_key(name.as_str());
+                    tracing::info!("[out] {name}=[{}]", String::from_utf8_lossy(value.as_bytes()));
+                }
+            }
+            response
+        }
+        Err(error) => {
+            if !matches!(error, InvokeError::MethodNotAllowed) {
+                tracing::debug!("{error}");
+            }
+            error.into_http_response()
         }
     }
-    Ok(response)
 }
 
 /// Go's ServeMux answer to a request whose path is not clean (`//a`, `/a/./b`, `/a/../b`): 301 to the cleaned

@@ -74,11 +74,18 @@ impl Ingress {
         if let Some(redirect) = http::unclean_path_redirect(req.method(), req.uri()) {
             return Box::pin(std::future::ready(Ok(redirect)));
         }
-        Box::pin(self.invoke(req))
+        self.invoke(req)
     }
 
     /// A plain HTTP request or a CloudEvent: to the function, with the access line and metrics.
-    async fn invoke(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    ///
+    /// The request is read and handed to the backend here, before the returned future: a future keeps every
+    /// value it borrowed for its whole life, and the request's head and envelope kept that way made each
+    /// request's future kilobytes, past the allocator's small-block cache and copied whole into its box.
+    fn invoke(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> BoxFuture<'static, Result<Response<ResponseBody>, Infallible>> {
         let start = Instant::now();
         let method = req.method().clone();
         let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
@@ -87,7 +94,6 @@ impl Ingress {
         let request_id = caller_request_id(req.headers());
         // Held until the response body ends, or dropped with this future if the client goes away first.
         let in_flight = InFlight::enter(&self.metrics);
-
         // Static files are not a function: there is nobody to deliver an event to.
         let event_mode = match (self.config.cloudevents, &self.backend) {
             (CloudEventsMode::Auto, backend) if !matches!(backend, Backend::Static(_)) => {
@@ -97,44 +103,58 @@ impl Ingress {
         };
         let protocol = if matches!(event_mode, Ok(None)) { "http" } else { "cloudevent" };
         let slot = self.limiter.acquire();
-        let response = match (slot.is_some(), event_mode) {
-            (false, Ok(None)) => InvokeError::Overloaded { max: self.config.max_inflight }.into_http_response(),
-            (false, _) => InvokeError::Overloaded { max: self.config.max_inflight }.into_cloudevent_response(),
-            (true, Err(error)) => cloudevents::DeliveryError::from(error).into_response(),
-            // Boxed: an event's state machine is twice a plain request's, which should not carry it.
-            (true, Ok(Some(mode))) => Box::pin(cloudevents::invoke(&self, req, mode)).await,
-            (true, Ok(None)) => match http::invoke(&self, req).await {
-                Ok(response) => response,
-                Err(error) => {
-                    if !matches!(error, InvokeError::MethodNotAllowed) {
-                        tracing::debug!("{error}");
-                    }
-                    error.into_http_response()
-                }
+        let answer = match (slot.is_some(), event_mode) {
+            (false, Ok(None)) => {
+                Answer::Ready(InvokeError::Overloaded { max: self.config.max_inflight }.into_http_response())
+            }
+            (false, _) => {
+                Answer::Ready(InvokeError::Overloaded { max: self.config.max_inflight }.into_cloudevent_response())
+            }
+            (true, Err(error)) => Answer::Ready(cloudevents::DeliveryError::from(error).into_response()),
+            (true, Ok(Some(mode))) => Answer::Event(cloudevents::invoke(&self, req, mode)),
+            (true, Ok(None)) => match http::invocation(&self, req) {
+                Ok(invocation) => Answer::Function(self.backend.invoke(invocation)),
+                Err(error) => Answer::Ready(http::response(&self.config, Err(error))),
             },
         };
-
-        let status = response.status().as_u16();
-        let metrics = Arc::clone(&self.metrics);
-        let (parts, body) = response.into_parts();
-        let on_end = move |sent: u64| {
-            drop(slot);
-            drop(in_flight);
-            let elapsed = start.elapsed();
-            metrics.observe(protocol, &method, status, elapsed.as_secs_f64());
-            if !quiet {
-                tracing::info!(
-                    target: "access",
-                    request_id = request_id.as_deref(),
-                    "{method} {target} - {status} - ContentLength: {} ({}s)",
-                    crate::logging::HumanSize(sent),
-                    crate::logging::Seconds(elapsed)
-                );
-            }
-        };
-        let body = http_body_util::BodyExt::boxed_unsync(TrackedBody::new(body, on_end));
-        Ok(Response::from_parts(parts, body))
+        Box::pin(async move {
+            let response = match answer {
+                Answer::Ready(response) => response,
+                Answer::Function(answer) => http::response(&self.config, answer.await),
+                Answer::Event(answer) => answer.await,
+            };
+            let status = response.status().as_u16();
+            let metrics = Arc::clone(&self.metrics);
+            let (parts, body) = response.into_parts();
+            let on_end = move |sent: u64| {
+                drop(slot);
+                drop(in_flight);
+                let elapsed = start.elapsed();
+                metrics.observe(protocol, &method, status, elapsed.as_secs_f64());
+                if !quiet {
+                    tracing::info!(
+                        target: "access",
+                        request_id = request_id.as_deref(),
+                        "{method} {target} - {status} - ContentLength: {} ({}s)",
+                        crate::logging::HumanSize(sent),
+                        crate::logging::Seconds(elapsed)
+                    );
+                }
+            };
+            let body = http_body_util::BodyExt::boxed_unsync(TrackedBody::new(body, on_end));
+            Ok(Response::from_parts(parts, body))
+        })
     }
+}
+
+/// Where a request's response comes from.
+enum Answer {
+    /// Known already (a refusal or a bad event).
+    Ready(Response<ResponseBody>),
+    /// A plain request's function, still running.
+    Function(BoxFuture<'static, Result<Response<ResponseBody>, InvokeError>>),
+    /// An event's delivery, still running.
+    Event(BoxFuture<'static, Response<ResponseBody>>),
 }
 
 /// The caller's `X-Call-Id`, which access lines carry as `request_id` (SPEC §2); `None` when it sent none.

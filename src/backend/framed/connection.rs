@@ -1,10 +1,11 @@
 //! One connected worker: a reader task that routes the worker's frames to the streams they belong to, a writer
 //! task that batches outgoing frames into single writes, and the per-stream state (flow-control credit, the
-//! channel of response events).
+//! queue of response events).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -31,8 +32,8 @@ pub struct Limits {
 /// What a stream's response side receives.
 #[derive(Debug)]
 pub enum StreamEvent {
-    /// The response head.
-    Head(ResponseHead),
+    /// The response head (boxed: it is by far the largest event, and every event takes its size in the queue).
+    Head(Box<ResponseHead>),
     /// A piece of the response body.
     Data(Bytes),
     /// The response ended, with trailers.
@@ -42,12 +43,52 @@ pub enum StreamEvent {
     /// The worker is gone; the reason names the exit status or protocol error.
     Gone(String),
     /// The request side failed (body too large, client too slow).
-    Aborted(crate::error::InvokeError),
+    Aborted(Box<crate::error::InvokeError>),
+}
+
+/// A stream's response events in arrival order, for its one reader.
+///
+/// A queue in the stream's shared state rather than a channel of its own: a tokio channel allocates a block of
+/// 32 events up front, kilobytes for a request that receives two or three.
+#[derive(Default)]
+struct EventQueue {
+    state: Mutex<EventQueueState>,
+}
+
+#[derive(Default)]
+struct EventQueueState {
+    events: VecDeque<StreamEvent>,
+    /// The reader waiting for the next event.
+    waker: Option<Waker>,
+}
+
+impl EventQueue {
+    fn push(&self, event: StreamEvent) {
+        let waker = {
+            let mut state = lock(&self.state);
+            state.events.push_back(event);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<StreamEvent> {
+        let mut state = lock(&self.state);
+        if let Some(event) = state.events.pop_front() {
+            return Poll::Ready(event);
+        }
+        if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
 }
 
 /// State shared between a stream's request pump, its response side, and the reader task.
 pub struct StreamShared {
-    events: mpsc::UnboundedSender<StreamEvent>,
+    events: EventQueue,
     /// Bytes of request body the watchdog may still send.
     send_credit: AtomicI64,
     credit_changed: Notify,
@@ -93,7 +134,17 @@ impl StreamShared {
 
     /// Reports a request-side failure to the response side.
     pub fn abort(&self, error: crate::error::InvokeError) {
-        let _ = self.events.send(StreamEvent::Aborted(error));
+        self.events.push(StreamEvent::Aborted(Box::new(error)));
+    }
+
+    /// The next response event, once there is one.
+    pub fn poll_event(&self, cx: &mut Context<'_>) -> Poll<StreamEvent> {
+        self.events.poll_next(cx)
+    }
+
+    /// Waits for the next response event.
+    pub async fn next_event(&self) -> StreamEvent {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 }
 
@@ -140,15 +191,14 @@ impl Connection {
         let _ = self.outgoing.send(frame);
     }
 
-    /// Opens a stream for `envelope`: sends its RequestHead and returns the stream's id, shared state, and the
-    /// receiver of its response events.
-    pub fn open(&self, envelope: Envelope) -> (u64, Arc<StreamShared>, mpsc::UnboundedReceiver<StreamEvent>) {
+    /// Opens a stream for `envelope`: sends its RequestHead and returns the stream's id and shared state, where
+    /// its response events arrive.
+    pub fn open(&self, envelope: Envelope) -> (u64, Arc<StreamShared>) {
         // Ids go out in increasing order (workers may rely on it): pick the id and queue the head under one lock.
         let mut streams = lock(&self.streams);
         let id = self.next_stream.fetch_add(2, Ordering::SeqCst);
-        let (events, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(StreamShared {
-            events,
+            events: EventQueue::default(),
             send_credit: AtomicI64::new(self.limits.initial_window),
             credit_changed: Notify::new(),
             recv_window: AtomicI64::new(self.limits.initial_window),
@@ -156,13 +206,13 @@ impl Connection {
             closed: AtomicBool::new(false),
         });
         if self.closed.is_cancelled() {
-            let _ = shared.events.send(StreamEvent::Gone("the worker connection is closed".into()));
+            shared.events.push(StreamEvent::Gone("the worker connection is closed".into()));
         } else {
             streams.insert(id, Arc::clone(&shared));
             self.send(Frame { stream_id: id, kind: Some(Kind::RequestHead(RequestHead { envelope: Some(envelope) })) });
         }
         drop(streams);
-        (id, shared, rx)
+        (id, shared)
     }
 
     /// Sends request body bytes (the caller holds credit for them).
@@ -215,7 +265,7 @@ impl Connection {
         let streams: Vec<_> = lock(&self.streams).drain().collect();
         for (_, shared) in streams {
             shared.close();
-            let _ = shared.events.send(StreamEvent::Gone(reason.to_string()));
+            shared.events.push(StreamEvent::Gone(reason.to_string()));
         }
     }
 
@@ -263,7 +313,7 @@ impl Connection {
                     if shared.head_seen.swap(true, Ordering::SeqCst) {
                         return Err(format!("second ResponseHead on stream {id}"));
                     }
-                    let _ = shared.events.send(StreamEvent::Head(head));
+                    shared.events.push(StreamEvent::Head(Box::new(head)));
                 }
             }
             Kind::Data(data) => {
@@ -278,7 +328,7 @@ impl Connection {
                     if left < data.data.len() as i64 {
                         return Err(format!("stream {id} sent past its flow-control window"));
                     }
-                    let _ = shared.events.send(StreamEvent::Data(data.data));
+                    shared.events.push(StreamEvent::Data(data.data));
                 }
             }
             Kind::End(end) => {
@@ -287,14 +337,14 @@ impl Connection {
                         return Err(format!("End before ResponseHead on stream {id}"));
                     }
                     self.finish(id);
-                    let _ = shared.events.send(StreamEvent::End(end.trailers));
+                    shared.events.push(StreamEvent::End(end.trailers));
                 }
             }
             Kind::Error(error) => {
                 if let Some(shared) = stream("Error")? {
                     self.finish(id);
                     let kind = ErrorKind::try_from(error.kind).unwrap_or(ErrorKind::Internal);
-                    let _ = shared.events.send(StreamEvent::Error(kind, error.message));
+                    shared.events.push(StreamEvent::Error(kind, error.message));
                 }
             }
             Kind::WindowUpdate(update) => {
@@ -391,7 +441,7 @@ mod tests {
     #[tokio::test]
     async fn frames_for_a_finished_stream_are_ignored() {
         let (conn, reader, mut worker) = connected();
-        let (id, _, mut events) = conn.open(Envelope::default());
+        let (id, shared) = conn.open(Envelope::default());
         conn.cancel(id, "client gone");
         let reading = tokio::spawn({
             let conn = Arc::clone(&conn);
@@ -403,13 +453,13 @@ mod tests {
             .await;
         drop(worker);
         assert!(reading.await.unwrap().is_ok(), "a late frame on a cancelled stream is not an error");
-        assert!(events.try_recv().is_err(), "nothing delivered for the cancelled stream");
+        assert!(lock(&shared.events.state).events.is_empty(), "nothing delivered for the cancelled stream");
     }
 
     #[tokio::test]
     async fn data_past_the_window_is_a_protocol_error() {
         let (conn, reader, mut worker) = connected();
-        let (id, _, _events) = conn.open(Envelope::default());
+        let (id, _) = conn.open(Envelope::default());
         let reading = tokio::spawn({
             let conn = Arc::clone(&conn);
             async move { conn.read(reader).await }
@@ -423,15 +473,15 @@ mod tests {
     #[tokio::test]
     async fn a_worker_gone_fails_every_open_stream_once() {
         let (conn, _reader, _worker) = connected();
-        let (_, _, mut a) = conn.open(Envelope::default());
-        let (_, _, mut b) = conn.open(Envelope::default());
+        let (_, a) = conn.open(Envelope::default());
+        let (_, b) = conn.open(Envelope::default());
         conn.fail_all("worker exited (exit status 1)");
-        for events in [&mut a, &mut b] {
-            match events.recv().await {
-                Some(StreamEvent::Gone(reason)) => assert!(reason.contains("exit status 1")),
+        for shared in [a, b] {
+            match shared.next_event().await {
+                StreamEvent::Gone(reason) => assert!(reason.contains("exit status 1")),
                 other => panic!("expected Gone, got {other:?}"),
             }
-            assert!(events.recv().await.is_none(), "exactly one event");
+            assert!(lock(&shared.events.state).events.is_empty(), "exactly one event");
         }
     }
 
@@ -457,7 +507,7 @@ mod tests {
                 let conn = &conn;
                 scope.spawn(move || {
                     for _ in 0..opens_per_thread {
-                        let (id, _, _) = conn.open(Envelope::default());
+                        let (id, _) = conn.open(Envelope::default());
                         conn.finish(id);
                     }
                 });

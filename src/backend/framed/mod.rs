@@ -13,14 +13,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::Frame as BodyFrame;
 use http_body_util::BodyExt;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use self::connection::{Connection, StreamEvent, StreamShared};
-use self::pool::{Lease, LeaseError, WorkerPool, WorkerSpec};
+use self::pool::{Lease, LeaseError, LeaseNow, WorkerPool, WorkerSpec};
 use super::{BodyLimits, Invocation};
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Config;
@@ -81,32 +81,80 @@ impl FramedBackend {
     }
 
     /// Runs one request on a worker.
-    pub async fn invoke(&self, invocation: Invocation) -> Result<Response<ResponseBody>, InvokeError> {
+    ///
+    /// When a worker has room the request goes to it now, so the future holds the open stream rather than the
+    /// envelope: a few hundred bytes instead of kilobytes, allocated and copied once per request. Otherwise it
+    /// waits in the queue first.
+    pub fn invoke(
+        self: &Arc<Self>,
+        invocation: Invocation,
+    ) -> BoxFuture<'static, Result<Response<ResponseBody>, InvokeError>> {
         // The nearer of the configured deadline and the caller's own (gRPC's grpc-timeout).
         let timeout = match (self.timeout, invocation.timeout) {
             (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
             (ours, theirs) => ours.or(theirs),
         };
         let deadline = timeout.map(|t| Instant::now() + t);
-        let lease = match self.pool.lease(deadline).await {
-            Ok(lease) => lease,
-            Err(LeaseError::QueueFull) => return Err(InvokeError::QueueFull(self.queue_limit)),
-            Err(LeaseError::TimedOut(reason)) => return Err(InvokeError::Unavailable(reason)),
-        };
+        match self.pool.lease_now() {
+            Ok(LeaseNow::Leased(lease)) => Box::pin(Exchange::open(lease, invocation, deadline, timeout).run()),
+            Ok(LeaseNow::Queued(waiting)) => {
+                let backend = Arc::clone(self);
+                Box::pin(async move {
+                    let lease = match backend.pool.wait(waiting, deadline).await {
+                        Ok(lease) => lease,
+                        Err(error) => return Err(backend.lease_error(error)),
+                    };
+                    Exchange::open(lease, invocation, deadline, timeout).run().await
+                })
+            }
+            Err(error) => Box::pin(std::future::ready(Err(self.lease_error(error)))),
+        }
+    }
+
+    fn lease_error(&self, error: LeaseError) -> InvokeError {
+        match error {
+            LeaseError::QueueFull => InvokeError::QueueFull(self.queue_limit),
+            LeaseError::TimedOut(reason) => InvokeError::Unavailable(reason),
+        }
+    }
+}
+
+/// One request's stream on a worker, from its RequestHead to the response head.
+struct Exchange {
+    lease: Lease,
+    conn: Arc<Connection>,
+    id: u64,
+    shared: Arc<StreamShared>,
+    /// Cancels the stream if the exchange is dropped before the response head.
+    guard: CancelOnDrop,
+    /// The request body's pump, polled beside the wait for the head.
+    pump: Pin<Box<dyn Future<Output = ()> + Send>>,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+}
+
+impl Exchange {
+    /// Sends the request's head on a new stream and readies its body's pump.
+    fn open(lease: Lease, invocation: Invocation, deadline: Option<Instant>, timeout: Option<Duration>) -> Exchange {
         let conn = Arc::clone(&lease.conn);
-        let (id, shared, mut events) = conn.open(invocation.envelope);
-        let mut guard = CancelOnDrop { conn: Arc::clone(&conn), id, armed: true };
+        let (id, shared) = conn.open(invocation.envelope);
+        let guard = CancelOnDrop { conn: Arc::clone(&conn), id, armed: true };
+        let pump = Box::pin(pump_body(Arc::clone(&conn), id, Arc::clone(&shared), invocation.body, invocation.limits));
+        Exchange { lease, conn, id, shared, guard, pump, deadline, timeout }
+    }
+
+    /// Waits for the response head and returns the response, its body still streaming.
+    async fn run(self) -> Result<Response<ResponseBody>, InvokeError> {
+        let Exchange { lease, conn, id, shared, mut guard, mut pump, deadline, timeout } = self;
         // The body is pumped from this task while the head is awaited: a small body is sent without a task of
         // its own and the hops between tasks that would cost. Whatever is left once the head arrives (a worker
         // that answers before reading everything) goes on in a task, beside the response.
-        let mut pump =
-            Box::pin(pump_body(Arc::clone(&conn), id, Arc::clone(&shared), invocation.body, invocation.limits));
         let mut pumping = true;
         let next_head = async {
             loop {
                 tokio::select! {
                     biased;
-                    event = events.recv() => break event,
+                    event = shared.next_event() => break event,
                     () = &mut pump, if pumping => pumping = false,
                 }
             }
@@ -122,17 +170,18 @@ impl FramedBackend {
             tokio::spawn(pump);
         }
         let head = match head {
-            Some(StreamEvent::Head(head)) => head,
-            Some(StreamEvent::Error(kind, message)) => {
+            StreamEvent::Head(head) => *head,
+            StreamEvent::Error(kind, message) => {
                 guard.armed = false;
                 return Err(function_error(kind, message));
             }
-            Some(StreamEvent::Gone(reason)) => {
+            StreamEvent::Gone(reason) => {
                 guard.armed = false;
                 return Err(InvokeError::WorkerFailed(reason));
             }
-            Some(StreamEvent::Aborted(error)) => return Err(error),
-            Some(StreamEvent::Data(_) | StreamEvent::End(_)) | None => {
+            StreamEvent::Aborted(error) => return Err(*error),
+            // The connection checks that a head comes first; this is only a guard.
+            StreamEvent::Data(_) | StreamEvent::End(_) => {
                 return Err(InvokeError::WorkerFailed("the stream ended without a response".into()))
             }
         };
@@ -152,7 +201,6 @@ impl FramedBackend {
         }
         guard.armed = false;
         let body = FramedBody {
-            events,
             conn,
             shared,
             id,
@@ -273,7 +321,6 @@ async fn pump_body(
 /// The response body as the worker streams it; returns credit as the client consumes it, and cancels the
 /// stream if dropped before the end.
 struct FramedBody {
-    events: mpsc::UnboundedReceiver<StreamEvent>,
     conn: Arc<Connection>,
     shared: Arc<StreamShared>,
     id: u64,
@@ -306,9 +353,9 @@ impl http_body::Body for FramedBody {
                 return Poll::Ready(Some(Err(std::io::Error::other(InvokeError::DeadlineExceeded(this.timeout)))));
             }
         }
-        match this.events.poll_recv(cx) {
+        match this.shared.poll_event(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(StreamEvent::Data(data))) => {
+            Poll::Ready(StreamEvent::Data(data)) => {
                 this.consumed += data.len();
                 let half = (this.conn.limits.initial_window / 2) as usize;
                 if this.consumed >= half {
@@ -317,7 +364,7 @@ impl http_body::Body for FramedBody {
                 }
                 Poll::Ready(Some(Ok(BodyFrame::data(data))))
             }
-            Poll::Ready(Some(StreamEvent::End(trailers))) => {
+            Poll::Ready(StreamEvent::End(trailers)) => {
                 this.finished = true;
                 // gRPC status and metadata from the worker end the body as an HTTP trailers frame.
                 let mut all = std::mem::take(&mut this.trailers);
@@ -327,26 +374,22 @@ impl http_body::Body for FramedBody {
                 }
                 Poll::Ready(Some(Ok(BodyFrame::trailers(trailer_map(&all)))))
             }
-            Poll::Ready(None) => {
-                this.finished = true;
-                Poll::Ready(None)
-            }
             // Failures travel typed inside the io::Error, so the gRPC layer can turn them into a status.
-            Poll::Ready(Some(StreamEvent::Error(kind, message))) => {
+            Poll::Ready(StreamEvent::Error(kind, message)) => {
                 this.finished = true;
                 let error = function_error(kind, format!("the function failed mid-response: {message}"));
                 Poll::Ready(Some(Err(std::io::Error::other(error))))
             }
-            Poll::Ready(Some(StreamEvent::Gone(reason))) => {
+            Poll::Ready(StreamEvent::Gone(reason)) => {
                 this.finished = true;
                 Poll::Ready(Some(Err(std::io::Error::other(InvokeError::WorkerFailed(reason)))))
             }
-            Poll::Ready(Some(StreamEvent::Aborted(error))) => {
+            Poll::Ready(StreamEvent::Aborted(error)) => {
                 this.finished = true;
                 this.conn.cancel(this.id, "request aborted");
-                Poll::Ready(Some(Err(std::io::Error::other(error))))
+                Poll::Ready(Some(Err(std::io::Error::other(*error))))
             }
-            Poll::Ready(Some(StreamEvent::Head(_))) => {
+            Poll::Ready(StreamEvent::Head(_)) => {
                 this.finished = true;
                 Poll::Ready(Some(Err(std::io::Error::other("second response head"))))
             }

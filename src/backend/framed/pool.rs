@@ -75,6 +75,17 @@ pub enum LeaseError {
     TimedOut(String),
 }
 
+/// What [`WorkerPool::lease_now`] got.
+pub enum LeaseNow {
+    /// A place on a worker.
+    Leased(Lease),
+    /// A place in the queue.
+    Queued(Queued),
+}
+
+/// A place in the queue for a worker.
+pub struct Queued(oneshot::Receiver<Lease>);
+
 struct ReadyWorker {
     conn: Arc<Connection>,
     in_flight: u32,
@@ -193,32 +204,43 @@ impl WorkerPool {
 
     /// Leases a place on a worker, waiting in arrival order until `deadline`.
     pub async fn lease(&self, deadline: Option<Instant>) -> Result<Lease, LeaseError> {
-        let rx = {
-            let mut state = lock(&self.shared.state);
-            if state.waiters.is_empty() {
-                if let Some(slot) = least_loaded(&state.workers) {
-                    let worker = state.workers[slot].as_mut().expect("ready");
-                    worker.in_flight += 1;
-                    return Ok(Lease {
-                        conn: Arc::clone(&worker.conn),
-                        pool: Arc::clone(&self.shared),
-                        slot,
-                        generation: worker.generation,
-                        armed: true,
-                    });
-                }
+        match self.lease_now()? {
+            LeaseNow::Leased(lease) => Ok(lease),
+            LeaseNow::Queued(waiting) => self.wait(waiting, deadline).await,
+        }
+    }
+
+    /// A place on the least-loaded worker if one has room and nobody is waiting before us; else a place in the
+    /// queue, to [`WorkerPool::wait`] on.
+    pub fn lease_now(&self) -> Result<LeaseNow, LeaseError> {
+        let mut state = lock(&self.shared.state);
+        if state.waiters.is_empty() {
+            if let Some(slot) = least_loaded(&state.workers) {
+                let worker = state.workers[slot].as_mut().expect("ready");
+                worker.in_flight += 1;
+                return Ok(LeaseNow::Leased(Lease {
+                    conn: Arc::clone(&worker.conn),
+                    pool: Arc::clone(&self.shared),
+                    slot,
+                    generation: worker.generation,
+                    armed: true,
+                }));
             }
-            state.waiters.retain(|w| !w.is_closed());
-            if state.waiters.len() >= self.shared.queue_limit {
-                return Err(LeaseError::QueueFull);
-            }
-            let (tx, rx) = oneshot::channel();
-            state.waiters.push_back(tx);
-            rx
-        };
+        }
+        state.waiters.retain(|w| !w.is_closed());
+        if state.waiters.len() >= self.shared.queue_limit {
+            return Err(LeaseError::QueueFull);
+        }
+        let (tx, rx) = oneshot::channel();
+        state.waiters.push_back(tx);
+        Ok(LeaseNow::Queued(Queued(rx)))
+    }
+
+    /// Waits in the queue for a lease until `deadline`.
+    pub async fn wait(&self, waiting: Queued, deadline: Option<Instant>) -> Result<Lease, LeaseError> {
         let waited = match deadline {
-            Some(deadline) => timeout(deadline.saturating_duration_since(Instant::now()), rx).await.ok(),
-            None => Some(rx.await),
+            Some(deadline) => timeout(deadline.saturating_duration_since(Instant::now()), waiting.0).await.ok(),
+            None => Some(waiting.0.await),
         };
         match waited {
             Some(Ok(lease)) => Ok(lease),

@@ -49,6 +49,7 @@ impl CloudEventsService {
         envelope.headers.retain(|h| !matches!(h.name.as_str(), "te" | "grpc-timeout" | "grpc-accept-encoding"));
         let body = crate::body::request_from(data);
         let reply = deliver(&self.ingress, envelope, event, body, self.head.clone(), Transport::Grpc(self.timeout))
+            .finish()
             .await
             .map_err(DeliveryError::grpc_status)?;
         let Some(reply) = reply else { return Ok(None) };

@@ -1,16 +1,62 @@
-//! Raw gRPC messages: a codec that neither decodes nor encodes (passthrough hands the function the bytes as
-//! they came), and gRPC's own 5-byte message framing, which streaming calls use on the function's stdin and stdout.
+//! gRPC message codecs: the watchdog's own services' protobuf codec, a codec that neither decodes nor encodes
+//! (passthrough hands the function the bytes as they came), and gRPC's own 5-byte message framing, which
+//! streaming calls use on the function's stdin and stdout.
+
+use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
+use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use super::too_large;
 
 /// Length of gRPC's message prefix: a compression flag and a big-endian u32 length.
 const PREFIX: usize = 5;
+
+/// The first size of a call's message buffers. tonic's default, 8 KiB for the request's and again for the
+/// answer's, made those two buffers the largest allocations of a small call, each past the allocator's
+/// per-thread cache; the buffers grow for a larger message.
+const FIRST_BUFFER_BYTES: usize = 1024;
+
+/// How much encoded output tonic gathers before it sends (its default).
+const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(FIRST_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
+}
+
+/// tonic-prost's protobuf codec with smaller first buffers; the generated `watchdog.v1` services and clients
+/// use it (`codec_path` in `build.rs`).
+#[derive(Debug)]
+pub struct MessageCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for MessageCodec<T, U> {
+    fn default() -> Self {
+        MessageCodec(PhantomData)
+    }
+}
+
+impl<T, U> Codec for MessageCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> ProstEncoder<T> {
+        ProstEncoder::new(buffer_settings())
+    }
+
+    fn decoder(&mut self) -> ProstDecoder<U> {
+        ProstDecoder::new(buffer_settings())
+    }
+}
 
 /// A codec for messages as raw bytes, enforcing `grpc_max_message_bytes` in both directions itself (tonic's own
 /// limit would answer OUT_OF_RANGE).
@@ -52,6 +98,10 @@ impl Encoder for RawCodec {
         dst.put(item);
         Ok(())
     }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
 }
 
 impl Decoder for RawCodec {
@@ -63,6 +113,10 @@ impl Decoder for RawCodec {
             return Err(too_large("request", self.max));
         }
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
     }
 }
 

@@ -14,7 +14,7 @@
 //! Metrics label a gRPC call with the HTTP status its gRPC code stands for ([`http_status_for_grpc`]).
 
 mod cloudevents;
-mod codec;
+pub(crate) mod codec;
 mod function;
 mod health;
 mod passthrough;
