@@ -69,7 +69,7 @@ impl Ingress {
             return Box::pin(async move { Ok(probe::ready(&self, req).await) });
         }
         if grpc::is_grpc(req.headers()) {
-            return Box::pin(async move { Ok(grpc::handle(self, req).await) });
+            return grpc::handle(self, req);
         }
         if let Some(redirect) = http::unclean_path_redirect(req.method(), req.uri()) {
             return Box::pin(std::future::ready(Ok(redirect)));

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::{Request, Response};
+use ::http::Request;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use tonic::codegen::Service;
 use tonic::Status;
 
 use super::{grpc_timeout, nearer, too_large};
@@ -20,14 +21,14 @@ use crate::ingress::cloudevents::{deliver, event_envelope, DeliveryError, Transp
 use crate::ingress::Ingress;
 
 /// Answers one call to the CloudEvents service.
-pub(super) async fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> Response<tonic::body::Body> {
+pub(super) fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> super::Call {
     let max = ingress.config.grpc_max_message_bytes;
     let timeout = grpc_timeout(req.headers());
     let (head, body) = req.into_parts();
     let service = CloudEventsService { ingress, head: head.clone(), timeout };
     let server = CloudEventsServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
     let mut server = super::ACCEPTED_COMPRESSION.into_iter().fold(server, |s, e| s.accept_compressed(e));
-    super::call_server(&mut server, Request::from_parts(head, body)).await
+    server.call(Request::from_parts(head, body))
 }
 
 /// The CloudEvents service for one request (the envelope needs that request's head).

@@ -1,6 +1,7 @@
 //! `watchdog.v1.Function`: `Invoke` (one body in, one out) and `InvokeStream` (chunks both ways, as they come).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,31 +12,28 @@ use futures_util::StreamExt;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
+use tonic::codegen::Service;
 use tonic::{Status, Streaming};
 
 use super::{
     call_envelope, call_function, grpc_timeout, is_metadata, streamed_answer, unary_answer, with_metadata,
     TrailingMetadata,
 };
-use crate::body::BoxError;
+use crate::body::{BoxError, ResponseBody};
 use crate::envelope::pb::watchdog::v1::function_server::{Function, FunctionServer};
 use crate::envelope::pb::watchdog::v1::{Chunk, GrpcCall, InvokeRequest, InvokeResponse};
 use crate::envelope::{Envelope, Header};
 use crate::ingress::Ingress;
 
 /// Answers one call to the Function service.
-pub(super) async fn serve(
-    ingress: Arc<Ingress>,
-    req: Request<Incoming>,
-    trailing: TrailingMetadata,
-) -> Response<tonic::body::Body> {
+pub(super) fn serve(ingress: Arc<Ingress>, req: Request<Incoming>, trailing: TrailingMetadata) -> super::Call {
     let max = ingress.config.grpc_max_message_bytes;
     let timeout = grpc_timeout(req.headers());
     let (head, body) = req.into_parts();
     let service = FunctionService { ingress, head: head.clone(), timeout, trailing };
     let server = FunctionServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
     let mut server = super::ACCEPTED_COMPRESSION.into_iter().fold(server, |s, e| s.accept_compressed(e));
-    super::call_server(&mut server, Request::from_parts(head, body)).await
+    server.call(Request::from_parts(head, body))
 }
 
 /// The Function service for one request (it needs that request's head for the envelope).
@@ -48,6 +46,27 @@ struct FunctionService {
 }
 
 impl FunctionService {
+    /// Starts the function for an Invoke call; apart from `invoke`, so that its future holds no envelope.
+    fn unary_call(
+        &self,
+        request: InvokeRequest,
+    ) -> Result<impl Future<Output = Result<Response<ResponseBody>, Status>> + Send + 'static, Status> {
+        let mut envelope = self.envelope(false, request.body.len() as i64)?;
+        if !request.content_type.is_empty() {
+            envelope
+                .headers
+                .push(Header { name: "content-type".into(), value: request.content_type.into_bytes().into() });
+        }
+        let mut metadata: Vec<_> = request.metadata.into_iter().collect();
+        // A map has no order; sorted, the function sees the same headers in the same order every time.
+        metadata.sort();
+        for (name, value) in metadata {
+            envelope.headers.push(Header { name: name.to_ascii_lowercase(), value: value.into_bytes().into() });
+        }
+        let body = crate::body::request_from(request.body);
+        Ok(call_function(&self.ingress, envelope, self.head.clone(), body, self.timeout))
+    }
+
     fn envelope(&self, streaming: bool, content_length: i64) -> Result<Envelope, Status> {
         let call = GrpcCall {
             method: self.head.uri.path().to_string(),
@@ -64,39 +83,9 @@ impl FunctionService {
 #[tonic::async_trait]
 impl Function for FunctionService {
     async fn invoke(&self, request: tonic::Request<InvokeRequest>) -> Result<tonic::Response<InvokeResponse>, Status> {
-        let request = request.into_inner();
-        let mut envelope = self.envelope(false, request.body.len() as i64)?;
-        if !request.content_type.is_empty() {
-            envelope
-                .headers
-                .push(Header { name: "content-type".into(), value: request.content_type.into_bytes().into() });
-        }
-        let mut metadata: Vec<_> = request.metadata.into_iter().collect();
-        // A map has no order; sorted, the function sees the same headers in the same order every time.
-        metadata.sort();
-        for (name, value) in metadata {
-            envelope.headers.push(Header { name: name.to_ascii_lowercase(), value: value.into_bytes().into() });
-        }
-        let body = crate::body::request_from(request.body);
-        let response = call_function(&self.ingress, envelope, self.head.clone(), body, self.timeout).await?;
+        let response = self.unary_call(request.into_inner())?.await?;
         let answer = unary_answer(response, self.ingress.config.grpc_max_message_bytes).await?;
-        let (parts, body) = (answer.head, answer.message);
-        let text = |v: &::http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
-        let content_type = parts.headers.get(header::CONTENT_TYPE).map(text).unwrap_or_default();
-        let mut metadata: HashMap<String, String> = HashMap::new();
-        for (name, value) in &parts.headers {
-            if !is_metadata(name) {
-                continue;
-            }
-            metadata
-                .entry(name.as_str().to_string())
-                .and_modify(|v| {
-                    v.push_str(", ");
-                    v.push_str(&text(value));
-                })
-                .or_insert_with(|| text(value));
-        }
-        Ok(tonic::Response::new(InvokeResponse { body, content_type, metadata }))
+        Ok(tonic::Response::new(invoke_response(answer.head, answer.message)))
     }
 
     type InvokeStreamStream = BoxStream<'static, Result<Chunk, Status>>;
@@ -125,6 +114,26 @@ impl Function for FunctionService {
         });
         Ok(with_metadata(&headers, chunks.boxed()))
     }
+}
+
+/// The InvokeResponse of a function's whole answer: its body, Content-Type and metadata.
+fn invoke_response(head: ::http::response::Parts, body: Bytes) -> InvokeResponse {
+    let text = |v: &::http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    let content_type = head.headers.get(header::CONTENT_TYPE).map(text).unwrap_or_default();
+    let mut metadata: HashMap<String, String> = HashMap::new();
+    for (name, value) in &head.headers {
+        if !is_metadata(name) {
+            continue;
+        }
+        metadata
+            .entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&text(value));
+            })
+            .or_insert_with(|| text(value));
+    }
+    InvokeResponse { body, content_type, metadata }
 }
 
 /// `data` in pieces that fit in a message of `max` bytes (a Chunk adds a few bytes of its own).

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::{Request, Response};
+use ::http::Request;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use hyper::body::Incoming;
+use tonic::codegen::Service;
 use tonic::Status;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
@@ -18,10 +19,10 @@ use crate::ingress::{probe, Ingress};
 const POLL: Duration = Duration::from_millis(250);
 
 /// Answers one call to the Health service.
-pub(super) async fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> Response<tonic::body::Body> {
+pub(super) fn serve(ingress: Arc<Ingress>, req: Request<Incoming>) -> super::Call {
     let server = HealthServer::new(HealthService { ingress });
     let mut server = super::ACCEPTED_COMPRESSION.into_iter().fold(server, |s, e| s.accept_compressed(e));
-    super::call_server(&mut server, req).await
+    server.call(req)
 }
 
 struct HealthService {

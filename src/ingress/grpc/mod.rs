@@ -29,7 +29,10 @@ use std::time::Duration;
 
 use ::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use bytes::{Bytes, BytesMut};
+use std::future::Future;
+
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -135,14 +138,32 @@ impl Route {
     }
 }
 
+/// A started call on one of the gRPC services: tonic's servers never fail (every failure is a status).
+type Call = BoxFuture<'static, Result<Response<tonic::body::Body>, Infallible>>;
+
+/// The response of a [`Call`].
+fn settle(result: Result<Response<tonic::body::Body>, Infallible>) -> Response<tonic::body::Body> {
+    match result {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
 /// Answers one gRPC request; every failure is a status in the response.
-pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Response<ResponseBody> {
+///
+/// The call is started here, before the returned future, which then holds only the started call and the
+/// access record: a future keeps every value it borrowed for its whole life, and the request kept that way made
+/// each call's future kilobytes.
+pub(super) fn handle(
+    ingress: Arc<Ingress>,
+    req: Request<Incoming>,
+) -> BoxFuture<'static, Result<Response<ResponseBody>, Infallible>> {
     let path = req.uri().path().to_string();
     let route = Route::of(&path);
     match route {
-        Route::Health => return convert(health::serve(Arc::clone(&ingress), req).await, None, |_, _| {}),
-        Route::ReflectionV1 => return convert((ingress.grpc.reflection().0)(req).await, None, |_, _| {}),
-        Route::ReflectionV1alpha => return convert((ingress.grpc.reflection().1)(req).await, None, |_, _| {}),
+        Route::Health => return untracked(health::serve(Arc::clone(&ingress), req)),
+        Route::ReflectionV1 => return untracked(answered((ingress.grpc.reflection().0)(req))),
+        Route::ReflectionV1alpha => return untracked(answered((ingress.grpc.reflection().1)(req))),
         _ => {}
     }
     let start = Instant::now();
@@ -152,36 +173,55 @@ pub(super) async fn handle(ingress: Arc<Ingress>, req: Request<Incoming>) -> Res
     let in_flight = InFlight::enter(&ingress.metrics);
     let slot = ingress.limiter.acquire();
     let trailing = TrailingMetadata::default();
-    let response = match (&slot, route) {
-        (None, _) => InvokeError::Overloaded { max: ingress.config.max_inflight }.grpc_status().into_http(),
-        (Some(_), _) if matches!(ingress.backend, Backend::Proxy(_)) => proxy(&ingress, req).await,
-        (Some(_), Route::CloudEvents) => cloudevents::serve(Arc::clone(&ingress), req).await,
-        (Some(_), Route::Function) => function::serve(Arc::clone(&ingress), req, trailing.clone()).await,
-        (Some(_), _) => passthrough::serve(Arc::clone(&ingress), req, trailing.clone()).await,
+    let call: Call = match (&slot, route) {
+        (None, _) => {
+            let refused = InvokeError::Overloaded { max: ingress.config.max_inflight }.grpc_status().into_http();
+            Box::pin(std::future::ready(Ok(refused)))
+        }
+        (Some(_), _) if matches!(ingress.backend, Backend::Proxy(_)) => {
+            answered(Box::pin(proxy(Arc::clone(&ingress), req)))
+        }
+        (Some(_), Route::CloudEvents) => cloudevents::serve(Arc::clone(&ingress), req),
+        (Some(_), Route::Function) => function::serve(Arc::clone(&ingress), req, trailing.clone()),
+        (Some(_), _) => passthrough::serve(Arc::clone(&ingress), req, trailing.clone()),
     };
     let metrics = Arc::clone(&ingress.metrics);
-    let on_end = move |code: Code, sent: u64| {
-        drop(slot);
-        drop(in_flight);
-        let elapsed = start.elapsed();
-        let status = http_status_for_grpc(code);
-        metrics.observe("grpc", &Method::POST, status, elapsed.as_secs_f64());
-        if !quiet {
-            tracing::info!(
-                target: "access",
-                request_id = request_id.as_deref(),
-                "POST {path} - {status} - grpc-status: {} - ContentLength: {} ({}s)",
-                code as i32,
-                crate::logging::HumanSize(sent),
-                crate::logging::Seconds(elapsed)
-            );
-        }
-    };
-    convert(response, Some(trailing), on_end)
+    drop(ingress);
+    Box::pin(async move {
+        let response = settle(call.await);
+        let on_end = move |code: Code, sent: u64| {
+            drop(slot);
+            drop(in_flight);
+            let elapsed = start.elapsed();
+            let status = http_status_for_grpc(code);
+            metrics.observe("grpc", &Method::POST, status, elapsed.as_secs_f64());
+            if !quiet {
+                tracing::info!(
+                    target: "access",
+                    request_id = request_id.as_deref(),
+                    "POST {path} - {status} - grpc-status: {} - ContentLength: {} ({}s)",
+                    code as i32,
+                    crate::logging::HumanSize(sent),
+                    crate::logging::Seconds(elapsed)
+                );
+            }
+        };
+        Ok(convert(response, Some(trailing), on_end))
+    })
+}
+
+/// A call to a service that is not a function call (health, reflection): no access line, no metrics.
+fn untracked(call: Call) -> BoxFuture<'static, Result<Response<ResponseBody>, Infallible>> {
+    Box::pin(async move { Ok(convert(settle(call.await), None, |_, _| {})) })
+}
+
+/// A call whose answer cannot fail, as a [`Call`].
+fn answered(answer: BoxFuture<'static, Response<tonic::body::Body>>) -> Call {
+    Box::pin(async move { Ok(answer.await) })
 }
 
 /// Forwards a gRPC call unchanged to `upstream_url` over h2c.
-async fn proxy(ingress: &Ingress, req: Request<Incoming>) -> Response<tonic::body::Body> {
+async fn proxy(ingress: Arc<Ingress>, req: Request<Incoming>) -> Response<tonic::body::Body> {
     let Backend::Proxy(proxy) = &ingress.backend else {
         return Status::internal("not a proxy").into_http();
     };
@@ -191,17 +231,6 @@ async fn proxy(ingress: &Ingress, req: Request<Incoming>) -> Response<tonic::bod
     match proxy.forward_grpc(Request::from_parts(parts, body), timeout).await {
         Ok(response) => response.map(|body| tonic::body::Body::new(body.map_err(|e| io_status(&e)))),
         Err(error) => error.grpc_status().into_http(),
-    }
-}
-
-/// Calls a generated tonic server for one request; they never fail (every failure is a status).
-async fn call_server<S>(server: &mut S, req: Request<Incoming>) -> Response<tonic::body::Body>
-where
-    S: tonic::codegen::Service<Request<Incoming>, Response = Response<tonic::body::Body>, Error = Infallible>,
-{
-    match server.call(req).await {
-        Ok(response) => response,
-        Err(never) => match never {},
     }
 }
 
@@ -247,14 +276,14 @@ fn call_envelope(
     Ok(envelope.into_kind(Kind::Grpc(call)))
 }
 
-/// Runs the function for a gRPC call; a failure before its answer is the failure's status.
-async fn call_function(
+/// Starts the function for a gRPC call; a failure before its answer is the failure's status.
+fn call_function(
     ingress: &Ingress,
     envelope: Envelope,
     head: ::http::request::Parts,
     body: RequestBody,
     timeout: Option<Duration>,
-) -> Result<Response<ResponseBody>, Status> {
+) -> impl Future<Output = Result<Response<ResponseBody>, Status>> + Send + 'static {
     // read_timeout is not applied: a stream may rightly last long, and grpc-timeout bounds the call.
     let limits = BodyLimits {
         max_bytes: ingress.config.max_body_bytes,
@@ -262,7 +291,7 @@ async fn call_function(
         read_timeout: ingress.config.read_timeout,
     };
     let invocation = Invocation { envelope, body, limits, head, timeout, stop_when_abandoned: true };
-    ingress.backend.invoke(invocation).await.map_err(|e| e.grpc_status())
+    ingress.backend.invoke(invocation).map(|answer| answer.map_err(|e| e.grpc_status()))
 }
 
 /// The status a response body's error stands for: the typed [`InvokeError`] or [`Status`] a backend put inside,

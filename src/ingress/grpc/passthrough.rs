@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::{Request, Response};
+use ::http::Request;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
@@ -75,11 +75,7 @@ pub fn method_shapes(set: &FileDescriptorSet) -> HashMap<String, MethodShape> {
 }
 
 /// Answers one passthrough call.
-pub(super) async fn serve(
-    ingress: Arc<Ingress>,
-    req: Request<Incoming>,
-    trailing: TrailingMetadata,
-) -> Response<tonic::body::Body> {
+pub(super) fn serve(ingress: Arc<Ingress>, req: Request<Incoming>, trailing: TrailingMetadata) -> super::Call {
     let method = req.uri().path().to_string();
     let shape = ingress.grpc.methods.get(&method).copied().unwrap_or_default();
     let max = ingress.config.grpc_max_message_bytes;
@@ -87,16 +83,15 @@ pub(super) async fn serve(
     let (head, body) = req.into_parts();
     let call = Call { ingress, head: head.clone(), method, shape, timeout, max, trailing };
     let req = Request::from_parts(head, body);
-    // tonic's own limits stay as a memory guard; its OUT_OF_RANGE is rewritten on the way out.
-    let mut grpc = tonic::server::Grpc::new(RawCodec::new(max))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max)
-        .apply_compression_config(super::accepted_compression(), Default::default());
-    if shape.streams() {
-        grpc.streaming(call, req).await
-    } else {
-        grpc.unary(call, req).await
-    }
+    Box::pin(async move {
+        // tonic's own limits stay as a memory guard; its OUT_OF_RANGE is rewritten on the way out.
+        let mut grpc = tonic::server::Grpc::new(RawCodec::new(max))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+            .apply_compression_config(super::accepted_compression(), Default::default());
+        let response = if shape.streams() { grpc.streaming(call, req).await } else { grpc.unary(call, req).await };
+        Ok(response)
+    })
 }
 
 /// One passthrough call.
