@@ -44,7 +44,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any other thread starts, so that every one inherits the mask.
+    let muted =
+        ng_watchdog::reaper::child_exits_unwatched(config.mode.is_fork()).then(ng_watchdog::reaper::mute_child_exits);
     let _log_guard = ng_watchdog::logging::init(config.log_format, config.prefix_logs);
+    if let Some(Err(error)) = muted {
+        tracing::warn!("cannot block SIGCHLD (functions' exits will wake idle threads): {error}");
+    }
     tracing::info!("Version: {VERSION}\tSHA: {}", option_env!("GIT_COMMIT").unwrap_or("unknown"));
     for warning in warnings {
         tracing::warn!("{warning}");

@@ -160,6 +160,38 @@ async fn no_zombies_after_100_requests() {
         .await;
 }
 
+/// The blocked-signal mask of every thread of process `pid`.
+fn thread_masks(pid: i32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap().trim().to_string();
+            u64::from_str_radix(&mask, 16).unwrap()
+        })
+        .collect()
+}
+
+const SIGCHLD_BIT: u64 = 1 << (17 - 1);
+
+#[tokio::test]
+async fn forked_functions_exits_wake_no_thread_yet_functions_start_with_no_signal_blocked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = script(tmp.path(), "mask.sh", "grep SigBlk /proc/$$/status");
+    let binary = Binary::start_in(tmp, &[("fprocess", f.to_str().unwrap())]).await;
+    let resp = reqwest::Client::new().post(binary.url("/")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "SigBlk:\t0000000000000000\n");
+    let masks = thread_masks(binary.pid());
+    assert!(masks.len() > 1 && masks.iter().all(|m| m & SIGCHLD_BIT != 0), "SIGCHLD not blocked: {masks:x?}");
+
+    // http mode's workers are tokio children, reaped on SIGCHLD: there it must stay deliverable.
+    let tmp = tempfile::tempdir().unwrap();
+    let worker = script(tmp.path(), "w.sh", "sleep 30");
+    let binary = Binary::spawn_in(tmp, &[("mode", "http"), ("fprocess", worker.to_str().unwrap())]);
+    eventually("watchdog started", Duration::from_secs(5), || thread_masks(binary.pid()).len() > 1).await;
+    assert!(thread_masks(binary.pid()).iter().all(|m| m & SIGCHLD_BIT == 0));
+}
+
 #[tokio::test]
 async fn stderr_is_logged_with_and_without_prefix() {
     let binary = Binary::start(&[("fprocess", "stat x"), ("combine_output", "false")]).await;
