@@ -222,8 +222,8 @@ pub fn validate(event: &CloudEvent) -> Result<(), BindingError> {
             return Err(BindingError::invalid(name, "is missing or empty"));
         }
     }
-    // The first bad name in name order, so the error names the same attribute whatever the map's order.
-    let bad_name = event.attributes.keys().filter_map(|name| name_problem(name).map(|why| (name, why))).min();
+    // The first bad name in name order (the map's order).
+    let bad_name = event.attributes.keys().find_map(|name| name_problem(name).map(|why| (name, why)));
     if let Some((name, why)) = bad_name {
         return Err(BindingError::invalid(name, why));
     }
@@ -331,10 +331,8 @@ pub fn write_binary_headers(
             out(HeaderName::from_static(header), encoded_value(name, value)?);
         }
     }
-    // Name order, so the same event always gives the same headers; most replies have one attribute here.
-    let mut rest: Vec<_> = event.attributes.into_iter().collect();
-    rest.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for (name, value) in rest {
+    // The map is sorted: the same event always gives the same headers, in name order.
+    for (name, value) in event.attributes {
         let value = owned_text(value);
         if name == "datacontenttype" {
             let value = HeaderValue::from_maybe_shared(Bytes::from(value))

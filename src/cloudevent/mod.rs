@@ -41,9 +41,7 @@ pub fn attributes(event: &CloudEvent) -> Vec<(String, String)> {
             out.push((name.to_string(), value.clone()));
         }
     }
-    let mut rest: Vec<_> = event.attributes.iter().map(|(k, v)| (k.clone(), attribute_text(v))).collect();
-    rest.sort();
-    out.extend(rest);
+    out.extend(event.attributes.iter().map(|(k, v)| (k.clone(), attribute_text(v))));
     out
 }
 
