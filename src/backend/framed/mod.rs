@@ -404,3 +404,24 @@ impl Drop for FramedBody {
         }
     }
 }
+#[cfg(test)]
+mod tests {
+    /// The size of the future an async fn of one argument returns, known without calling it.
+    fn future_size<A, F: std::future::Future>(_: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What each request allocates for its exchange with the worker stays well within glibc's per-thread cache
+    /// of small blocks (1032 bytes): an invocation (750 bytes) held across an await would not fit, and with
+    /// the request head and envelope held that way it was kilobytes.
+    #[test]
+    fn a_requests_exchange_future_stays_small() {
+        const LIMIT: usize = 640;
+        let size = future_size(super::Exchange::run);
+        assert!(size <= LIMIT, "Exchange::run's future is {size} bytes");
+        let size = future_size(crate::ingress::cloudevents::Delivery::finish);
+        assert!(size <= LIMIT, "Delivery::finish's future is {size} bytes");
+        let invocation = std::mem::size_of::<super::Invocation>();
+        assert!(invocation > LIMIT, "the limit no longer catches a held invocation ({invocation} bytes)");
+    }
+}
