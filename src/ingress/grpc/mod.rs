@@ -22,6 +22,7 @@ mod reflection;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,8 +30,6 @@ use std::time::Duration;
 
 use ::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use bytes::{Bytes, BytesMut};
-use std::future::Future;
-
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use http_body::Frame;
@@ -179,7 +178,7 @@ pub(super) fn handle(
             Box::pin(std::future::ready(Ok(refused)))
         }
         (Some(_), _) if matches!(ingress.backend, Backend::Proxy(_)) => {
-            answered(Box::pin(proxy(Arc::clone(&ingress), req)))
+            Box::pin(proxy(Arc::clone(&ingress), req).map(Ok))
         }
         (Some(_), Route::CloudEvents) => cloudevents::serve(Arc::clone(&ingress), req),
         (Some(_), Route::Function) => function::serve(Arc::clone(&ingress), req, trailing.clone()),
