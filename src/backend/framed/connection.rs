@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{encode_frame, FrameCodec};
+use super::codec::{encode_data_head, encode_frame, FrameCodec};
 use crate::envelope::pb::watchdog::v1::{
     frame::Kind, Cancel, Data, End, Envelope, ErrorKind, Frame, Header, Pong, RequestHead, ResponseHead, WindowUpdate,
 };
@@ -364,31 +364,90 @@ impl Connection {
     }
 }
 
-/// Writes queued frames, each batch of whatever is queued in one write call.
+/// Data payloads at least this large go to the socket as they are, after their frame head; smaller frames are
+/// copied together into one buffer.
+const WRITE_AS_IS: usize = 4 * 1024;
+/// Most bytes gathered into one batch before it is written.
+const BATCH_BYTES: usize = 256 * 1024;
+/// Most pieces handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Writes queued frames, each batch of whatever is queued in one vectored write.
 async fn write_loop(mut rx: mpsc::UnboundedReceiver<Frame>, mut write: OwnedWriteHalf, closed: CancellationToken) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut small = BytesMut::with_capacity(64 * 1024);
+    let mut pieces: VecDeque<Bytes> = VecDeque::with_capacity(8);
     loop {
         let first = tokio::select! {
             frame = rx.recv() => frame,
             _ = closed.cancelled() => None,
         };
         let Some(first) = first else { break };
-        buf.clear();
-        encode_frame(&first, &mut buf);
-        while buf.len() < 256 * 1024 {
+        let mut batched = stage(first, &mut small, &mut pieces);
+        while batched < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(frame) => encode_frame(&frame, &mut buf),
+                Ok(frame) => batched += stage(frame, &mut small, &mut pieces),
                 Err(_) => break,
             }
         }
-        if write.write_all(&buf).await.is_err() {
+        if !small.is_empty() {
+            pieces.push_back(small.split().freeze());
+        }
+        if write_all_vectored(&mut write, &mut pieces).await.is_err() {
             closed.cancel();
             break;
         }
-        if buf.capacity() > 1024 * 1024 {
-            buf = BytesMut::with_capacity(64 * 1024);
+        if small.capacity() > 1024 * 1024 {
+            small = BytesMut::with_capacity(64 * 1024);
         }
     }
+}
+
+/// Queues `frame` for the next write and returns its size: a large Data payload as its own piece (after its
+/// head, which closes the run of small frames before it), anything else encoded into `small`.
+fn stage(frame: Frame, small: &mut BytesMut, pieces: &mut VecDeque<Bytes>) -> usize {
+    match frame {
+        Frame { stream_id, kind: Some(Kind::Data(Data { data })) } if data.len() >= WRITE_AS_IS => {
+            let before = small.len();
+            encode_data_head(stream_id, data.len(), small);
+            let head = small.len() - before;
+            pieces.push_back(small.split().freeze());
+            let len = data.len();
+            pieces.push_back(data);
+            head + len
+        }
+        frame => {
+            let before = small.len();
+            encode_frame(&frame, small);
+            small.len() - before
+        }
+    }
+}
+
+/// Writes every piece, in order, as few vectored writes as the socket allows.
+async fn write_all_vectored(write: &mut OwnedWriteHalf, pieces: &mut VecDeque<Bytes>) -> std::io::Result<()> {
+    while !pieces.is_empty() {
+        let mut written = if pieces.len() == 1 {
+            write.write(&pieces[0]).await?
+        } else {
+            let slices: [std::io::IoSlice<'_>; MAX_IOVECS] =
+                std::array::from_fn(|i| std::io::IoSlice::new(pieces.get(i).map_or(&[], |p| &p[..])));
+            write.write_vectored(&slices[..pieces.len().min(MAX_IOVECS)]).await?
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let front = pieces.front_mut().expect("written bytes come from queued pieces");
+            if front.len() <= written {
+                written -= front.len();
+                pieces.pop_front();
+            } else {
+                bytes::Buf::advance(front, written);
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -515,5 +574,36 @@ mod tests {
         });
         let ids = reader.await.unwrap();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "stream ids left out of order");
+    }
+
+    #[tokio::test]
+    async fn large_payloads_written_as_they_are_keep_the_frames_in_order() {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (_unused, write) = ours.into_split();
+        let data = |id: u64, len: usize| Frame {
+            stream_id: id,
+            kind: Some(Kind::Data(Data { data: vec![id as u8; len].into() })),
+        };
+        // Small and large frames interleaved, all queued before the writer runs, so they share batches.
+        let sent = vec![
+            head(1),
+            data(1, WRITE_AS_IS),
+            data(2, 10),
+            data(3, 300_000),
+            data(1, WRITE_AS_IS - 1),
+            data(2, 70_000),
+            data(4, 0),
+            head(5),
+        ];
+        let (tx, rx) = mpsc::unbounded_channel();
+        for frame in sent.clone() {
+            tx.send(frame).unwrap();
+        }
+        drop(tx);
+        tokio::spawn(write_loop(rx, write, CancellationToken::new()));
+        let mut reader = FramedRead::new(theirs, FrameCodec::new(MAX_FRAME));
+        for expected in sent {
+            assert_eq!(reader.next().await.unwrap().unwrap(), expected);
+        }
     }
 }
