@@ -6,8 +6,9 @@
 //! The request path selects per-request behaviour: `/crash` exits with status 7 mid-request, `/garbage` writes
 //! bytes that are not a frame, `/sleep` answers after 2 s, `/permanent`, `/retryable` and `/internal` answer
 //! with that error kind, `/noise` prints to stdout first, `/crash-after-echo` echoes the first body chunk and
-//! then exits with status 7, `/grpc-status` answers 500 with trailers `grpc-status: 5` and `grpc-message: nope`;
-//! anything else echoes the body back, streamed. A gRPC call has no path of its own: its `x-fake-worker` header
+//! then exits with status 7, `/grpc-status` answers 500 with trailers `grpc-status: 5` and `grpc-message: nope`,
+//! `/whole` answers `whole answer` with its head, data and end in one write; anything else echoes the body back,
+//! streamed. A gRPC call has no path of its own: its `x-fake-worker` header
 //! (metadata) names the behaviour instead.
 //! With `FAKE_WORKER_IDS=<file>`, every stream id received is appended to that file.
 
@@ -126,6 +127,16 @@ async fn main() {
                                 Header { name: "grpc-message".into(), value: Bytes::from_static(b"nope") },
                             ];
                             send(frame(id, Kind::End(End { trailers }))).await;
+                            return;
+                        }
+                        "/whole" => {
+                            let mut w = writer.lock().await;
+                            let head = ResponseHead { status: 200, ..Default::default() };
+                            let _ = w.feed(frame(id, Kind::ResponseHead(head))).await;
+                            let data = Data { data: Bytes::from_static(b"whole answer") };
+                            let _ = w.feed(frame(id, Kind::Data(data))).await;
+                            let _ = w.feed(frame(id, Kind::End(End { trailers: vec![] }))).await;
+                            let _ = w.flush().await;
                             return;
                         }
                         "/permanent" | "/retryable" | "/internal" => {

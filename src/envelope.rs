@@ -55,9 +55,9 @@ pub fn from_http_keeping(
     let host = uri
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| header_str(&parts.headers, "host"))
+        .or_else(|| header_str(&parts.headers, &http::header::HOST))
         .unwrap_or_default();
-    let transfer_encoding = header_str(&parts.headers, "transfer-encoding").unwrap_or_default();
+    let transfer_encoding = header_str(&parts.headers, &http::header::TRANSFER_ENCODING).unwrap_or_default();
     let chunked = !transfer_encoding.is_empty();
     let kept = |name: &http::HeaderName| {
         *name != http::header::HOST
@@ -82,8 +82,8 @@ pub fn from_http_keeping(
         request_id: request_id(&parts.headers),
         deadline: timeout.map(|t| prost_types::Timestamp::from(SystemTime::now() + t)),
         trace: Some(TraceContext {
-            traceparent: header_str(&parts.headers, "traceparent").unwrap_or_default(),
-            tracestate: header_str(&parts.headers, "tracestate").unwrap_or_default(),
+            traceparent: header_str(&parts.headers, &TRACEPARENT).unwrap_or_default(),
+            tracestate: header_str(&parts.headers, &TRACESTATE).unwrap_or_default(),
         }),
         headers,
         content_length,
@@ -113,7 +113,7 @@ fn version_name(version: http::Version) -> &'static str {
 
 /// The request id: `X-Call-Id` when the caller sent one, else a fresh UUID.
 pub fn request_id(headers: &HeaderMap) -> String {
-    header_str(headers, "x-call-id").unwrap_or_else(new_id)
+    header_str(headers, &X_CALL_ID).unwrap_or_else(new_id)
 }
 
 /// A fresh random UUID in its hyphenated lower-case form, written without the formatting machinery.
@@ -122,7 +122,12 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf).to_owned()
 }
 
-fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+// Looked up by `HeaderName`, not `&str`: a string name is parsed and validated again on every lookup.
+const X_CALL_ID: http::HeaderName = http::HeaderName::from_static("x-call-id");
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+fn header_str(headers: &HeaderMap, name: &http::HeaderName) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 

@@ -258,7 +258,25 @@ impl fmt::Display for GoTimestamp {
         let secs = self.0.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let (days, rem) = (secs / 86400, secs % 86400);
         let (year, month, day) = civil_from_days(days as i64);
-        write!(f, "{year:04}/{month:02}/{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+        if !(0..=9999).contains(&year) {
+            return write!(f, "{year:04}/{month:02}/{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+        }
+        // Digits placed by hand: this runs for every access line, and the formatting machinery cost more than
+        // the rest of the line's timestamp work together.
+        let mut text = *b"0000/00/00 00:00:00";
+        let mut put = |at: usize, width: usize, mut value: u64| {
+            for i in (at..at + width).rev() {
+                text[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year as u64);
+        put(5, 2, u64::from(month));
+        put(8, 2, u64::from(day));
+        put(11, 2, rem / 3600);
+        put(14, 2, rem % 3600 / 60);
+        put(17, 2, rem % 60);
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
@@ -341,6 +359,8 @@ mod tests {
         assert_eq!(GoTimestamp(UNIX_EPOCH).to_string(), "1970/01/01 00:00:00");
         assert_eq!(GoTimestamp(UNIX_EPOCH + Duration::from_secs(1_795_658_834)).to_string(), "2026/11/26 02:07:14");
         assert_eq!(GoTimestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)).to_string(), "2000/02/29 00:00:00");
+        assert_eq!(GoTimestamp(UNIX_EPOCH + Duration::from_secs(253_402_300_799)).to_string(), "9999/12/31 23:59:59");
+        assert_eq!(GoTimestamp(UNIX_EPOCH + Duration::from_secs(253_402_300_800)).to_string(), "10000/01/01 00:00:00");
     }
 
     #[test]

@@ -53,6 +53,26 @@ async fn echoes_through_a_worker() {
 }
 
 #[tokio::test]
+async fn a_response_that_arrives_whole_has_a_content_length_and_a_streamed_one_is_chunked() {
+    let server = start(&[]).await;
+    let resp = client().post(server.url("/whole")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], "12");
+    assert!(resp.headers().get("transfer-encoding").is_none());
+    assert_eq!(resp.text().await.unwrap(), "whole answer");
+    // The echo's head comes before the request body has ended, so the response's length is not known then.
+    let pieces = futures_util::stream::iter(["stream", "ed"]).then(|piece| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, std::io::Error>(piece)
+    });
+    let resp = client().post(server.url("/echo")).body(reqwest::Body::wrap_stream(pieces)).send().await.unwrap();
+    assert_eq!(resp.headers()["transfer-encoding"], "chunked");
+    assert!(resp.headers().get("content-length").is_none());
+    assert_eq!(resp.text().await.unwrap(), "streamed");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn many_requests_at_once_on_one_worker() {
     let server = start(&[]).await;
     let requests = (0..64).map(|i| {

@@ -120,7 +120,10 @@ fn check_format(rest: &str) -> Result<(), BindingError> {
 /// A `ce-*` header sent more than once is a 400: which copy is meant cannot be known.
 pub fn from_binary(headers: &HeaderMap) -> Result<CloudEvent, BindingError> {
     let mut event = CloudEvent::default();
-    for name in headers.keys() {
+    // One pass over the headers, no lookup by name: a name's values come in a row, so a second one shows as the
+    // next pair having the same name.
+    let mut pairs = headers.iter().peekable();
+    while let Some((name, value)) = pairs.next() {
         // Header names are already lower case in `http`, so attribute names come out lower case.
         let Some(attribute) = name.as_str().strip_prefix("ce-") else { continue };
         if attribute == "datacontenttype" {
@@ -129,10 +132,9 @@ pub fn from_binary(headers: &HeaderMap) -> Result<CloudEvent, BindingError> {
                 "must be sent as the Content-Type header, not ce-datacontenttype",
             ));
         }
-        let mut values = headers.get_all(name).iter();
-        let (Some(value), None) = (values.next(), values.next()) else {
+        if pairs.peek().is_some_and(|(next, _)| *next == name) {
             return Err(BindingError::invalid(attribute, "is sent in more than one header"));
-        };
+        }
         let text = percent_decode(value.as_bytes())
             .map_err(|_| BindingError::invalid(attribute, "is not UTF-8 once percent-decoded"))?;
         set_attribute(&mut event, attribute, text);
@@ -163,6 +165,9 @@ pub(crate) fn set_attribute(event: &mut CloudEvent, name: &str, text: String) {
 
 /// Decodes each valid `%XX` once and keeps every other byte as it is, since clients send raw UTF-8 and bare `%`.
 fn percent_decode(value: &[u8]) -> Result<String, std::string::FromUtf8Error> {
+    if !value.contains(&b'%') {
+        return String::from_utf8(value.to_vec());
+    }
     let mut out = Vec::with_capacity(value.len());
     let mut i = 0;
     while i < value.len() {
@@ -222,37 +227,47 @@ pub fn validate(event: &CloudEvent) -> Result<(), BindingError> {
             return Err(BindingError::invalid(name, "is missing or empty"));
         }
     }
-    // The first bad name in name order (the map's order).
-    let bad_name = event.attributes.keys().find_map(|name| name_problem(name).map(|why| (name, why)));
-    if let Some((name, why)) = bad_name {
-        return Err(BindingError::invalid(name, why));
-    }
-    if let Some(time) = event.attributes.get("time") {
-        let valid = match &time.attr {
-            Some(super::Attr::CeString(text)) => is_rfc3339(text),
-            _ => is_rfc3339(&attribute_text(time)),
-        };
-        if !valid {
-            let text = attribute_text(time);
-            return Err(BindingError::invalid("time", format!("is {text:?}, not an RFC 3339 timestamp")));
+    // One pass in name order (the map's order). The first bad name wins; then a bad `time`; then the first bad
+    // text attribute (TEXT_ATTRIBUTES is in name order too).
+    let mut bad_time = None;
+    let mut bad_text = None;
+    for (name, value) in &event.attributes {
+        if let Some(why) = name_problem(name) {
+            return Err(BindingError::invalid(name, why));
         }
-    }
-    for name in TEXT_ATTRIBUTES {
-        use super::Attr;
-        let Some(value) = event.attributes.get(name) else { continue };
-        match &value.attr {
-            Some(Attr::CeString(text) | Attr::CeUri(text) | Attr::CeUriRef(text)) if !text.is_empty() => {}
-            Some(Attr::CeString(_) | Attr::CeUri(_) | Attr::CeUriRef(_)) | None => {
-                return Err(BindingError::invalid(name, "is empty; when present it must not be"))
+        if name == "time" {
+            let valid = match &value.attr {
+                Some(super::Attr::CeString(text)) => is_rfc3339(text),
+                _ => is_rfc3339(&attribute_text(value)),
+            };
+            if !valid {
+                let text = attribute_text(value);
+                bad_time = Some(BindingError::invalid("time", format!("is {text:?}, not an RFC 3339 timestamp")));
             }
-            Some(_) => return Err(BindingError::invalid(name, "must be a string")),
+        } else if bad_text.is_none() && TEXT_ATTRIBUTES.contains(&name.as_str()) {
+            bad_text = text_problem(value).map(|why| BindingError::invalid(name, why));
         }
     }
-    Ok(())
+    match bad_time.or(bad_text) {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with the value of an attribute the spec types as text, if anything.
+fn text_problem(value: &CloudEventAttributeValue) -> Option<&'static str> {
+    use super::Attr;
+    match &value.attr {
+        Some(Attr::CeString(text) | Attr::CeUri(text) | Attr::CeUriRef(text)) if !text.is_empty() => None,
+        Some(Attr::CeString(_) | Attr::CeUri(_) | Attr::CeUriRef(_)) | None => {
+            Some("is empty; when present it must not be")
+        }
+        Some(_) => Some("must be a string"),
+    }
 }
 
 /// Optional attributes the spec types as text (a media type, a URI, a string) that must not be empty when
-/// present (`schemaurl` is 0.3's `dataschema`).
+/// present (`schemaurl` is 0.3's `dataschema`), in name order.
 const TEXT_ATTRIBUTES: [&str; 4] = ["datacontenttype", "dataschema", "schemaurl", "subject"];
 
 /// What is wrong with an attribute name in the attributes map, if anything.
@@ -548,7 +563,11 @@ mod tests {
     #[test]
     fn binary_repeated_header_is_400() {
         let err = from_binary(&with("1.0", &[("ce-ext", b"a"), ("ce-ext", b"b")])).unwrap_err();
+        assert!(err.to_string().contains("more than one header"), "{err}");
         assert_eq!(invalid_attribute(err), "ext");
+        // Even when the first copy would not decode: which copy is meant cannot be known either way.
+        let err = from_binary(&with("1.0", &[("ce-other", b"x"), ("ce-ext", b"%FF"), ("ce-ext", b"b")])).unwrap_err();
+        assert!(err.to_string().contains("more than one header"), "{err}");
     }
 
     #[test]

@@ -74,6 +74,21 @@ impl EventQueue {
         }
     }
 
+    /// The body length of a response already queued whole: Data events up to an End without trailers. `None`
+    /// while any of it is still to come, or when it ends any other way.
+    fn complete_len(&self) -> Option<u64> {
+        let state = lock(&self.state);
+        let mut len = 0u64;
+        for event in &state.events {
+            match event {
+                StreamEvent::Data(data) => len += data.len() as u64,
+                StreamEvent::End(trailers) if trailers.is_empty() => return Some(len),
+                _ => return None,
+            }
+        }
+        None
+    }
+
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<StreamEvent> {
         let mut state = lock(&self.state);
         if let Some(event) = state.events.pop_front() {
@@ -140,6 +155,11 @@ impl StreamShared {
     /// The next response event, once there is one.
     pub fn poll_event(&self, cx: &mut Context<'_>) -> Poll<StreamEvent> {
         self.events.poll_next(cx)
+    }
+
+    /// The body length of a response whose every remaining event has arrived (see `EventQueue::complete_len`).
+    pub fn complete_len(&self) -> Option<u64> {
+        self.events.complete_len()
     }
 
     /// Waits for the next response event.

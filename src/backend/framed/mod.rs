@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::Frame as BodyFrame;
 use http_body_util::BodyExt;
@@ -200,10 +201,15 @@ impl Exchange {
             }
         }
         guard.armed = false;
+        // A response that arrived whole (the usual small answer: head, data and end in one read) goes out with a
+        // Content-Length, as Go's server sends a short answer, instead of chunked.
+        let framing_given = headers.contains_key(CONTENT_LENGTH) || headers.contains_key(TRANSFER_ENCODING);
+        let remaining = if head.trailers.is_empty() && !framing_given { shared.complete_len() } else { None };
         let body = FramedBody {
             conn,
             shared,
             id,
+            remaining,
             consumed: 0,
             deadline: deadline.map(|d| Box::pin(sleep_until(d))),
             timeout: timeout.unwrap_or_default(),
@@ -324,6 +330,8 @@ struct FramedBody {
     conn: Arc<Connection>,
     shared: Arc<StreamShared>,
     id: u64,
+    /// Body bytes still to come, when the whole response had arrived with its head.
+    remaining: Option<u64>,
     consumed: usize,
     deadline: Option<Pin<Box<Sleep>>>,
     /// The deadline's length, for the error.
@@ -356,6 +364,9 @@ impl http_body::Body for FramedBody {
         match this.shared.poll_event(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(StreamEvent::Data(data)) => {
+                if let Some(remaining) = this.remaining.as_mut() {
+                    *remaining = remaining.saturating_sub(data.len() as u64);
+                }
                 this.consumed += data.len();
                 let half = (this.conn.limits.initial_window / 2) as usize;
                 if this.consumed >= half {
@@ -394,6 +405,10 @@ impl http_body::Body for FramedBody {
                 Poll::Ready(Some(Err(std::io::Error::other("second response head"))))
             }
         }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.remaining.map_or_else(http_body::SizeHint::default, http_body::SizeHint::with_exact)
     }
 }
 
