@@ -121,7 +121,7 @@ async fn main() {
                         "/noise" => println!("fake worker: some noise on stdout for stream {id}"),
                         "/grpc-status" => {
                             let head = ResponseHead { status: 500, ..Default::default() };
-                            send(frame(id, Kind::ResponseHead(head))).await;
+                            send(frame(id, Kind::ResponseHead(Box::new(head)))).await;
                             let trailers = vec![
                                 Header { name: "grpc-status".into(), value: Bytes::from_static(b"5") },
                                 Header { name: "grpc-message".into(), value: Bytes::from_static(b"nope") },
@@ -132,7 +132,7 @@ async fn main() {
                         "/whole" => {
                             let mut w = writer.lock().await;
                             let head = ResponseHead { status: 200, ..Default::default() };
-                            let _ = w.feed(frame(id, Kind::ResponseHead(head))).await;
+                            let _ = w.feed(frame(id, Kind::ResponseHead(Box::new(head)))).await;
                             let data = Data { data: Bytes::from_static(b"whole answer") };
                             let _ = w.feed(frame(id, Kind::Data(data))).await;
                             let _ = w.feed(frame(id, Kind::End(End { trailers: vec![] }))).await;
@@ -156,7 +156,7 @@ async fn main() {
                         headers.push(Header { name: "content-type".into(), value: ct.into() });
                     }
                     let head = ResponseHead { status: 200, headers, ..Default::default() };
-                    send(frame(id, Kind::ResponseHead(head))).await;
+                    send(frame(id, Kind::ResponseHead(Box::new(head)))).await;
                     // Echo the body as it arrives, returning credit for what was received.
                     while let Some(Some(chunk)) = rx.recv().await {
                         let len = chunk.len() as u32;

@@ -6,6 +6,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [format!("{ROOT}/watchdog/v1/frame.proto"), format!("{ROOT}/watchdog/v1/envelope.proto")];
     let descriptors = protox::compile(files, [ROOT])?;
     // Every `bytes` field as `bytes::Bytes`: Data payloads decode as zero-copy slices of the read buffer.
-    prost_build::Config::new().bytes(["."]).compile_fds(descriptors)?;
+    // The two heads boxed: a frame is as large as its largest kind, and most frames are small Data, End and
+    // WindowUpdate frames moved several times on their way.
+    prost_build::Config::new()
+        .bytes(["."])
+        .boxed(".watchdog.v1.Frame.kind.request_head")
+        .boxed(".watchdog.v1.Frame.kind.response_head")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -547,7 +547,7 @@ impl<H: Handler> Session<H> {
         };
         match kind {
             Kind::Ping(p) => self.conn.send(&pong(p.nonce)),
-            Kind::RequestHead(head) => self.open(id, head)?,
+            Kind::RequestHead(head) => self.open(id, *head)?,
             Kind::Data(d) => {
                 let Some(entry) = self.streams.get_mut(&id) else { return Ok(Flow::Continue) };
                 if entry.state.cancelled.load(Ordering::Acquire) {
@@ -729,7 +729,7 @@ impl Responder {
                 )
             }
         };
-        self.push(Kind::ResponseHead(head))
+        self.push(Kind::ResponseHead(Box::new(head)))
             .map_err(|e| HandlerError::Internal(format!("the response head cannot be sent: {e}")))?;
         let framed = self.mode.framed;
         match body {

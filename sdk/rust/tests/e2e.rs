@@ -341,7 +341,7 @@ async fn request_body_is_streamed_chunk_by_chunk() {
         let f = fake.recv().await;
         assert_eq!(f.stream_id, id);
         match f.kind.unwrap() {
-            Kind::ResponseHead(h) => resp.head = Some(h),
+            Kind::ResponseHead(h) => resp.head = Some(*h),
             Kind::Data(d) => resp.body.extend_from_slice(&d.data),
             Kind::End(e) => resp.end = Some(e),
             other => panic!("unexpected {other:?}"),
@@ -403,7 +403,7 @@ async fn a_dropped_body_still_returns_credit() {
         let r = got.get_mut(&f.stream_id).unwrap();
         match f.kind.unwrap() {
             Kind::WindowUpdate(_) => {}
-            Kind::ResponseHead(h) => r.head = Some(h),
+            Kind::ResponseHead(h) => r.head = Some(*h),
             Kind::Data(d) => r.body.extend_from_slice(&d.data),
             Kind::End(_) => break,
             other => panic!("unexpected {other:?}"),

@@ -112,7 +112,7 @@ async fn next_on(fake: &mut Fake, id: u64) -> Kind {
 
 async fn expect_head(fake: &mut Fake, id: u64) -> ResponseHead {
     match next_on(fake, id).await {
-        Kind::ResponseHead(h) => h,
+        Kind::ResponseHead(h) => *h,
         other => panic!("expected ResponseHead, got {other:?}"),
     }
 }

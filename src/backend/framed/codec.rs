@@ -213,4 +213,12 @@ mod tests {
             }
         }
     }
+
+    /// Every frame is moved several times between the socket and its stream, and a frame is as large as its
+    /// largest kind: the two heads are boxed (build.rs) so the common small frames stay small.
+    #[test]
+    fn frames_stay_small() {
+        let size = std::mem::size_of::<Frame>();
+        assert!(size <= 128, "a Frame is {size} bytes");
+    }
 }

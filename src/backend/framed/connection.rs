@@ -229,7 +229,10 @@ impl Connection {
             shared.events.push(StreamEvent::Gone("the worker connection is closed".into()));
         } else {
             streams.insert(id, Arc::clone(&shared));
-            self.send(Frame { stream_id: id, kind: Some(Kind::RequestHead(RequestHead { envelope: Some(envelope) })) });
+            self.send(Frame {
+                stream_id: id,
+                kind: Some(Kind::RequestHead(Box::new(RequestHead { envelope: Some(envelope) }))),
+            });
         }
         drop(streams);
         (id, shared)
@@ -333,7 +336,7 @@ impl Connection {
                     if shared.head_seen.swap(true, Ordering::SeqCst) {
                         return Err(format!("second ResponseHead on stream {id}"));
                     }
-                    shared.events.push(StreamEvent::Head(Box::new(head)));
+                    shared.events.push(StreamEvent::Head(head));
                 }
             }
             Kind::Data(data) => {
@@ -502,7 +505,10 @@ mod tests {
     }
 
     fn head(stream_id: u64) -> Frame {
-        Frame { stream_id, kind: Some(Kind::ResponseHead(ResponseHead { status: 200, ..Default::default() })) }
+        Frame {
+            stream_id,
+            kind: Some(Kind::ResponseHead(Box::new(ResponseHead { status: 200, ..Default::default() }))),
+        }
     }
 
     #[tokio::test]

@@ -179,7 +179,7 @@ impl Fake {
     pub async fn open(&mut self, envelope: Envelope) -> u64 {
         let id = self.next_id;
         self.next_id += 2;
-        self.send(frame(id, Kind::RequestHead(RequestHead { envelope: Some(envelope) }))).await;
+        self.send(frame(id, Kind::RequestHead(Box::new(RequestHead { envelope: Some(envelope) })))).await;
         id
     }
 
@@ -283,7 +283,7 @@ impl Fake {
             match kind {
                 Kind::ResponseHead(h) => {
                     assert!(resp.head.is_none(), "stream {id}: two ResponseHeads");
-                    resp.head = Some(h);
+                    resp.head = Some(*h);
                 }
                 Kind::Data(d) => {
                     assert!(resp.head.is_some(), "stream {id}: Data before ResponseHead");
