@@ -309,7 +309,8 @@ impl fmt::Display for HumanSize {
         }
         if unit == 0 {
             // Whole bytes: `%.4g` of an integer below 1000 is the integer.
-            return write!(f, "{}B", self.0);
+            write_digits(f, self.0, 1)?;
+            return f.write_str("B");
         }
         // Go's `%.4g` for a value below 1000: four significant digits, trailing zeros dropped.
         let digits_before = if size < 1.0 { 1 } else { (size.log10().floor() as usize) + 1 };
@@ -330,9 +331,24 @@ pub struct Seconds(pub std::time::Duration);
 
 impl fmt::Display for Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tenths_of_ms = (self.0.as_micros() + 50) / 100;
-        write!(f, "{}.{:04}", tenths_of_ms / 10_000, tenths_of_ms % 10_000)
+        let tenths_of_ms = u64::try_from((self.0.as_micros() + 50) / 100).unwrap_or(u64::MAX);
+        write_digits(f, tenths_of_ms / 10_000, 1)?;
+        f.write_str(".")?;
+        write_digits(f, tenths_of_ms % 10_000, 4)
     }
+}
+
+/// Writes `value` in decimal, zero-padded to `width` digits, without the formatting machinery (an access line
+/// has several numbers, and formatting them cost more than the rest of the line).
+fn write_digits(f: &mut fmt::Formatter<'_>, mut value: u64, width: usize) -> fmt::Result {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    while value > 0 || start > digits.len() - width.clamp(1, 20) {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    f.write_str(std::str::from_utf8(&digits[start..]).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -73,6 +73,25 @@ async fn a_response_that_arrives_whole_has_a_content_length_and_a_streamed_one_i
 }
 
 #[tokio::test]
+async fn the_deadline_covers_the_wait_for_the_head_and_then_the_body() {
+    let server = start(&[("exec_timeout", "300ms")]).await;
+    eventually_ready(&server).await;
+    // The fake worker answers /sleep after 2 s.
+    let resp = client().post(server.url("/sleep")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    // The echo's head comes at once; its body, still streaming when the deadline passes, is cut there.
+    let pieces = futures_util::stream::iter([0u64, 1000]).then(|delay| async move {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        Ok::<_, std::io::Error>("piece")
+    });
+    let resp = client().post(server.url("/echo")).body(reqwest::Body::wrap_stream(pieces)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Without the deadline it would end normally, after the second piece.
+    assert!(resp.bytes().await.is_err(), "a response cut at the deadline must not look complete");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn many_requests_at_once_on_one_worker() {
     let server = start(&[]).await;
     let requests = (0..64).map(|i| {

@@ -123,19 +123,20 @@ impl Ingress {
                 Answer::Function(answer) => http::response(&self.config, answer.await),
                 Answer::Event(answer) => answer.await,
             };
-            let status = response.status().as_u16();
+            let status = response.status();
             let metrics = Arc::clone(&self.metrics);
             let (parts, body) = response.into_parts();
             let on_end = move |sent: u64| {
                 drop(slot);
                 drop(in_flight);
                 let elapsed = start.elapsed();
-                metrics.observe(protocol, &method, status, elapsed.as_secs_f64());
+                metrics.observe(protocol, &method, status.as_u16(), elapsed.as_secs_f64());
                 if !quiet {
                     tracing::info!(
                         target: "access",
                         request_id = request_id.as_deref(),
-                        "{method} {target} - {status} - ContentLength: {} ({}s)",
+                        "{method} {target} - {} - ContentLength: {} ({}s)",
+                        status.as_str(),
                         crate::logging::HumanSize(sent),
                         crate::logging::Seconds(elapsed)
                     );

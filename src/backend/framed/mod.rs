@@ -160,10 +160,13 @@ impl Exchange {
                 }
             }
         };
-        let head = match deadline {
-            Some(deadline) => match timeout_at(deadline, next_head).await {
-                Ok(event) => event,
-                Err(_) => return Err(InvokeError::DeadlineExceeded(timeout.unwrap_or_default())),
+        // One timer for the whole exchange: the wait for the head and then the body share it.
+        let mut deadline = deadline.map(|d| Box::pin(sleep_until(d)));
+        let head = match deadline.as_mut() {
+            Some(deadline) => tokio::select! {
+                biased;
+                event = next_head => event,
+                () = deadline.as_mut() => return Err(InvokeError::DeadlineExceeded(timeout.unwrap_or_default())),
             },
             None => next_head.await,
         };
@@ -211,7 +214,7 @@ impl Exchange {
             id,
             remaining,
             consumed: 0,
-            deadline: deadline.map(|d| Box::pin(sleep_until(d))),
+            deadline,
             timeout: timeout.unwrap_or_default(),
             trailers: head.trailers,
             finished: false,
