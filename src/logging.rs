@@ -264,18 +264,12 @@ impl fmt::Display for GoTimestamp {
         // Digits placed by hand: this runs for every access line, and the formatting machinery cost more than
         // the rest of the line's timestamp work together.
         let mut text = *b"0000/00/00 00:00:00";
-        let mut put = |at: usize, width: usize, mut value: u64| {
-            for i in (at..at + width).rev() {
-                text[i] = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
-        };
-        put(0, 4, year as u64);
-        put(5, 2, u64::from(month));
-        put(8, 2, u64::from(day));
-        put(11, 2, rem / 3600);
-        put(14, 2, rem % 3600 / 60);
-        put(17, 2, rem % 60);
+        fill_digits(&mut text[0..4], year as u64);
+        fill_digits(&mut text[5..7], u64::from(month));
+        fill_digits(&mut text[8..10], u64::from(day));
+        fill_digits(&mut text[11..13], rem / 3600);
+        fill_digits(&mut text[14..16], rem % 3600 / 60);
+        fill_digits(&mut text[17..19], rem % 60);
         f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
@@ -340,15 +334,20 @@ impl fmt::Display for Seconds {
 
 /// Writes `value` in decimal, zero-padded to `width` digits, without the formatting machinery (an access line
 /// has several numbers, and formatting them cost more than the rest of the line).
-fn write_digits(f: &mut fmt::Formatter<'_>, mut value: u64, width: usize) -> fmt::Result {
+fn write_digits(f: &mut fmt::Formatter<'_>, value: u64, width: usize) -> fmt::Result {
     let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    while value > 0 || start > digits.len() - width.clamp(1, 20) {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
+    let len = value.checked_ilog10().map_or(1, |log| log as usize + 1).max(width).min(digits.len());
+    let start = digits.len() - len;
+    fill_digits(&mut digits[start..], value);
+    f.write_str(std::str::from_utf8(&digits[start..]).unwrap_or_default())
+}
+
+/// Fills `out` with the last `out.len()` decimal digits of `value`, zero-padded.
+fn fill_digits(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
         value /= 10;
     }
-    f.write_str(std::str::from_utf8(&digits[start..]).unwrap_or_default())
 }
 
 #[cfg(test)]

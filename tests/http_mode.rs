@@ -29,6 +29,15 @@ async fn start(extra: &[(&str, &str)]) -> Server {
     Server::start(&vars).await
 }
 
+/// A request body sent piece by piece, each after waiting its delay in milliseconds.
+fn paced(pieces: &[(u64, &'static str)]) -> reqwest::Body {
+    let pieces = futures_util::stream::iter(pieces.to_vec()).then(|(delay, piece)| async move {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        Ok::<_, std::io::Error>(piece)
+    });
+    reqwest::Body::wrap_stream(pieces)
+}
+
 async fn eventually_ready(server: &Server) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -61,11 +70,7 @@ async fn a_response_that_arrives_whole_has_a_content_length_and_a_streamed_one_i
     assert!(resp.headers().get("transfer-encoding").is_none());
     assert_eq!(resp.text().await.unwrap(), "whole answer");
     // The echo's head comes before the request body has ended, so the response's length is not known then.
-    let pieces = futures_util::stream::iter(["stream", "ed"]).then(|piece| async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        Ok::<_, std::io::Error>(piece)
-    });
-    let resp = client().post(server.url("/echo")).body(reqwest::Body::wrap_stream(pieces)).send().await.unwrap();
+    let resp = client().post(server.url("/echo")).body(paced(&[(100, "stream"), (100, "ed")])).send().await.unwrap();
     assert_eq!(resp.headers()["transfer-encoding"], "chunked");
     assert!(resp.headers().get("content-length").is_none());
     assert_eq!(resp.text().await.unwrap(), "streamed");
@@ -80,11 +85,7 @@ async fn the_deadline_covers_the_wait_for_the_head_and_then_the_body() {
     let resp = client().post(server.url("/sleep")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
     // The echo's head comes at once; its body, still streaming when the deadline passes, is cut there.
-    let pieces = futures_util::stream::iter([0u64, 1000]).then(|delay| async move {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        Ok::<_, std::io::Error>("piece")
-    });
-    let resp = client().post(server.url("/echo")).body(reqwest::Body::wrap_stream(pieces)).send().await.unwrap();
+    let resp = client().post(server.url("/echo")).body(paced(&[(0, "piece"), (1000, "piece")])).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     // Without the deadline it would end normally, after the second piece.
     assert!(resp.bytes().await.is_err(), "a response cut at the deadline must not look complete");
