@@ -630,6 +630,17 @@ mod tests {
         let mut e = event("1.0");
         e.attributes.insert("myext".into(), string_value(""));
         assert!(validate(&e).is_ok());
+        // With several problems, the error names the same one whatever else is wrong: a bad name first (the first
+        // in name order), then a bad time, then the first bad text attribute in name order.
+        let mut e = event("1.0");
+        e.attributes.insert("subject".into(), string_value(""));
+        e.attributes.insert("dataschema".into(), string_value(""));
+        assert_eq!(invalid_attribute(validate(&e).unwrap_err()), "dataschema");
+        e.attributes.insert("time".into(), string_value("yesterday"));
+        assert_eq!(invalid_attribute(validate(&e).unwrap_err()), "time");
+        e.attributes.insert("zz-bad".into(), string_value("x"));
+        e.attributes.insert("Bad".into(), string_value("x"));
+        assert_eq!(invalid_attribute(validate(&e).unwrap_err()), "Bad");
         // An empty Content-Type header is no datacontenttype at all.
         let binary = from_binary(&with("1.0", &[("content-type", b" ")])).unwrap();
         assert!(!binary.attributes.contains_key("datacontenttype"));

@@ -422,6 +422,7 @@ impl Drop for FramedBody {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     /// The size of the future an async fn of one argument returns, known without calling it.
