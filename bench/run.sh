@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 BIN=$ROOT/target/release
 # shellcheck disable=SC2206 # CASES="classic http-rust" picks cases; classic-ce and http-rust-ce send CloudEvents
-CASES=(${CASES:-classic streaming http-rust http-python http-proxy})
+CASES=(${CASES:-classic classic-ce streaming http-rust http-rust-ce http-python http-proxy})
 # shellcheck disable=SC2206 # BODIES="13B" measures only the small body
 BODIES=(${BODIES:-13B 1MiB})
 CLK_TCK=$(getconf CLK_TCK)
@@ -364,10 +364,51 @@ done
 echo "start-up, probed from Python (no shell fork per try):"
 python3 "$BENCH/startup.py" "$BIN" 15 | sed 's/^/  /'
 echo "start-up, probed from bench/startup_probe.rs (no interpreter in the measured path):"
-env -i PATH="$PATH" fprocess=cat metrics_port=0 healthcheck_interval=0 \
-    "$BIN/examples/startup_probe" 15 /_/health -- "$BIN/fwatchdog" | sed 's/^/  fwatchdog  /'
+PROBED=$(env -i PATH="$PATH" fprocess=cat metrics_port=0 healthcheck_interval=0 \
+    "$BIN/examples/startup_probe" 15 /_/health -- "$BIN/fwatchdog")
+echo "$PROBED" | sed 's/^/  fwatchdog  /'
 env -i PATH="$PATH" "$BIN/examples/startup_probe" 15 / -- "$BIN/examples/echo_server" '{port}' |
     sed 's/^/  baseline   /'
+
+# ---------------------------------------------------------------- targets
+# The issues' targets, each beside the figure above it stands for. `have` skips a target whose cases did not run.
+have() { [[ -n ${R_RPS["$1"]:-} ]]; }
+target() { # name, figure, >=, < or <=, limit
+    local verdict=missed
+    awk -v f="$2" -v l="$4" -v op="$3" \
+        'BEGIN { exit !((op == ">=") ? f >= l : (op == "<=") ? f <= l : f < l) }' && verdict=met
+    printf '  %-44s %9s  target %s %-6s %s\n' "$1" "$2" "$3" "$4" "$verdict"
+}
+echo "targets (issues 2-4; of-watchdog's ratios are the issue's upper figures, 9 % at 13 B and 27 % at 1 MiB):"
+if [[ -n ${R_FLOOR_RATIO[classic]:-} ]]; then
+    target "classic 13B / spawn floor" "$(calc "$(med R_FLOOR_RATIO classic)" 3)" ">=" 0.90
+    target "classic: watchdog CPU per request (us)" "$(med R_CPU "classic|13B")" "<" 100
+    target "classic: idle RSS (MiB)" "$(calc "$(med R_IDLE classic) / 1024" 2)" "<" 4
+fi
+have "classic|1MiB" && target "classic: peak RSS, 32 x 1 MiB (MiB)" "$(calc "$(max ${R_HWM["classic|1MiB"]}) / 1024" 1)" "<" 48
+have "streaming|1MiB" && target "streaming: peak RSS, 32 x 1 MiB (MiB)" "$(calc "$(max ${R_HWM["streaming|1MiB"]}) / 1024" 1)" "<" 24
+startup=$(awk '{ for (i = 1; i < NF; i++) if ($i == "after") print $(i + 1) }' <<<"$PROBED" | head -n 1)
+[[ -n $startup ]] && target "first 200 on /_/health (ms, compiled probe)" "$startup" "<=" 3
+for body in "${BODIES[@]}"; do
+    base_p99=$(med R_P99 "baseline|$body")
+    for spec in "http-rust 13B 0.70" "http-rust 1MiB 0.50" "http-python 13B 0.08" "http-proxy 13B 0.135" \
+        "http-proxy 1MiB 0.405"; do
+        read -r case b limit <<<"$spec"
+        [[ $b == "$body" ]] && have "$case|$body" || continue
+        target "$case $body / baseline" "$(calc "$(med R_RATIO "$case|$body")" 3)" ">=" "$limit"
+    done
+    for case in http-rust http-python http-proxy; do
+        have "$case|$body" || continue
+        target "$case $body: p99 / baseline's p99" "$(calc "$(med R_P99 "$case|$body") / $base_p99" 2)" "<=" 2
+    done
+done
+for case in classic-ce http-rust-ce; do
+    for body in "${BODIES[@]}"; do
+        have "$case|$body" && have "${case%-ce}|$body" || continue
+        target "$case / ${case%-ce} $body" \
+            "$(calc "$(med R_RATIO "$case|$body") / $(med R_RATIO "${case%-ce}|$body")" 3)" ">=" 0.90
+    done
+done
 echo "non-2xx responses: $TOTAL_NON2XX, socket errors: $TOTAL_SOCKERR, unexpected fwatchdog log lines: $LOG_ODD"
 echo "(rps, p50, p99, cpu: medians over runs; ratio: median over rounds of case rps / mean of the"
 echo " baseline runs before and after; peak: max VmHWM; cpu: the server's own utime+stime per request;"
