@@ -104,4 +104,13 @@ if [[ -n $FLOOR_RATIOS ]]; then
     echo "spawn floor: $(tr ' ' '\n' <<<"$FLOORS" | grep . | median) spawns/s (median of its runs);" \
         "grpc-classic / spawn floor = $(tr ' ' '\n' <<<"$FLOOR_RATIOS" | grep . | median) (median over rounds: $FLOOR_RATIOS)"
 fi
+verdict() { awk -v f="$1" -v l="$2" 'BEGIN { print (f >= l) ? "met" : "missed" }'; }
+if [[ -n ${RATIOS[grpc-http]:-} ]]; then
+    r=$(tr ' ' '\n' <<<"${RATIOS[grpc-http]}" | grep . | median)
+    echo "target (issue 5): grpc-http / tonic echo $r >= 0.65 $(verdict "$r" 0.65)"
+fi
+if [[ -n $FLOOR_RATIOS ]]; then
+    r=$(tr ' ' '\n' <<<"$FLOOR_RATIOS" | grep . | median)
+    echo "target (issue 5): grpc-classic / spawn floor $r >= 0.90 $(verdict "$r" 0.90)"
+fi
 echo "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"

@@ -371,7 +371,8 @@ env -i PATH="$PATH" "$BIN/examples/startup_probe" 15 / -- "$BIN/examples/echo_se
     sed 's/^/  baseline   /'
 
 # ---------------------------------------------------------------- targets
-# The issues' targets, each beside the figure above it stands for. `have` skips a target whose cases did not run.
+# The issues' targets, each with the figure of the report above that it applies to; `have` skips a target whose
+# case did not run.
 have() { [[ -n ${R_RPS["$1"]:-} ]]; }
 target() { # name, figure, >=, < or <=, limit
     local verdict=missed
