@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 BIN=$ROOT/target/release
 # shellcheck disable=SC2206 # CASES="classic http-rust" picks cases; classic-ce and http-rust-ce send CloudEvents
-CASES=(${CASES:-classic classic-ce streaming http-rust http-rust-ce http-python http-proxy})
+CASES=(${CASES:-classic fork-server classic-ce streaming http-rust http-rust-ce http-python http-proxy})
 # shellcheck disable=SC2206 # BODIES="13B" measures only the small body
 BODIES=(${BODIES:-13B 1MiB})
 CLK_TCK=$(getconf CLK_TCK)
@@ -52,7 +52,8 @@ fi
 command -v curl >/dev/null || die "curl is required"
 
 log "building (cargo build --release)"
-(cd "$ROOT" && cargo build --release --bin fwatchdog --example echo_server --example spawn_floor --example startup_probe &&
+(cd "$ROOT" && cargo build --release --bin fwatchdog --example echo_server --example spawn_floor --example fork_server \
+    --example startup_probe &&
     cargo build --release -p watchdog-sdk --example echo)
 PYTHON_VENV=$ROOT/sdk/python/.venv
 if [[ " ${CASES[*]} " == *" http-python "* && ! -x $PYTHON_VENV/bin/python ]]; then
@@ -116,6 +117,12 @@ start_server() {
         path=/
         t0=${EPOCHREALTIME/./}
         "$BIN/examples/echo_server" "$SRV_PORT" 2>>"$WORK/baseline.log" &
+        ;;
+    fork-server)
+        # A reference, not the watchdog: hyper and tokio::process spawning `cat`, with none of classic mode's work.
+        path=/
+        t0=${EPOCHREALTIME/./}
+        env -i PATH="$PATH" "$BIN/examples/fork_server" "$SRV_PORT" 2>>"$WORK/$case.log" &
         ;;
     classic | streaming | classic-ce)
         local tmp=$WORK/tmp-$case-$SRV_PORT
@@ -287,7 +294,7 @@ for body in "${BODIES[@]}"; do
             # A fork mode with the small body is also held against the spawn floor, measured right before and
             # right after it: the floor drifts with the machine as much as the echo baseline does.
             fork=0
-            [[ $body == 13B && $case =~ ^(classic|streaming|classic-ce)$ ]] && fork=1
+            [[ $body == 13B && $case =~ ^(classic|streaming|classic-ce|fork-server)$ ]] && fork=1
             if ((fork)); then
                 floor
                 floor_before=$LAST_FLOOR
@@ -385,6 +392,11 @@ if [[ -n ${R_FLOOR_RATIO[classic]:-} ]]; then
     target "classic 13B / spawn floor" "$(calc "$(med R_FLOOR_RATIO classic)" 3)" ">=" 0.90
     target "classic: watchdog CPU per request (us)" "$(med R_CPU "classic|13B")" "<" 100
     target "classic: idle RSS (MiB)" "$(calc "$(med R_IDLE classic) / 1024" 2)" "<" 4
+fi
+if [[ -n ${R_FLOOR_RATIO[fork-server]:-} ]]; then
+    printf '  %-44s %9s  (a reference for the two above, no target)\n' "fork-server 13B / spawn floor" \
+        "$(calc "$(med R_FLOOR_RATIO fork-server)" 3)"
+    printf '  %-44s %9s\n' "fork-server: its CPU per request (us)" "$(med R_CPU "fork-server|13B")"
 fi
 have "classic|1MiB" && target "classic: peak RSS, 32 x 1 MiB (MiB)" "$(calc "$(max ${R_HWM["classic|1MiB"]}) / 1024" 1)" "<" 48
 have "streaming|1MiB" && target "streaming: peak RSS, 32 x 1 MiB (MiB)" "$(calc "$(max ${R_HWM["streaming|1MiB"]}) / 1024" 1)" "<" 24

@@ -214,7 +214,9 @@ impl ForkBackend {
                     }
                 }
                 result = &mut collect, if collected.is_none() => collected = Some(result),
-                result = process.wait(), if status.is_none() => {
+                // Only once its output has ended: by then the function has usually exited, and its exit is read
+                // without registering a pidfd.
+                result = process.wait(), if status.is_none() && collected.is_some() => {
                     status = Some(result.map_err(|e| InvokeError::Internal(format!("waiting for the function: {e}")))?);
                 }
                 _ = &mut exec_timer, if exec_deadline.is_some() && !exec_expired => {
@@ -353,7 +355,8 @@ impl ForkBackend {
                         Err(_) => break Some(InvokeError::WriteTimeout(self.write_timeout.unwrap_or_default())),
                     }
                 }
-                result = process.wait(), if status.is_none() => {
+                // As in `run_buffered`: waited for once the output has ended.
+                result = process.wait(), if status.is_none() && eof => {
                     match result {
                         Ok(exit) => status = Some(exit),
                         Err(e) => break Some(InvokeError::Internal(format!("waiting for the function: {e}"))),

@@ -1,11 +1,11 @@
 //! One forked function process: spawned in its own process group so a timeout or shutdown reaches everything it
 //! started, with pipes the watchdog reads, and exits and start failures described as Go's `os/exec` does.
 //!
-//! Function processes are started with `posix_spawnp` directly and reaped through a pidfd, not through
-//! `std::process::Command`: one spawn per request made the standard library's environment handling (a sorted
-//! copy of the whole environment, merged and copied again into C strings, on every spawn) about sixty of the
-//! hundred allocations a request cost. The program, its arguments and the inherited environment are prepared
-//! once ([`SpawnTemplate`]); a request adds only its own variables.
+//! Function processes are started with `posix_spawnp` directly and reaped by pid (through a pidfd when a wait
+//! must block), not through `std::process::Command`: one spawn per request made the standard library's
+//! environment handling (a sorted copy of the whole environment, merged and copied again into C strings, on
+//! every spawn) about sixty of the hundred allocations a request cost. The program, its arguments and the
+//! inherited environment are prepared once ([`SpawnTemplate`]); a request adds only its own variables.
 
 use std::ffi::{CStr, CString, OsString};
 use std::io::{ErrorKind, Write};
@@ -135,25 +135,40 @@ fn spawn_attr() -> Result<PosixSpawnAttr, nix::errno::Errno> {
     Ok(attr)
 }
 
-/// A spawned child, reaped through its pidfd.
-struct Reapable(AsyncFd<OwnedFd>);
+/// A spawned child, reaped by pid. A pidfd is opened and registered with the runtime only when the child is
+/// waited for before it has exited: a classic function has usually exited by the time its output ends, and
+/// skipping the pidfd then saves five system calls a request. The pid cannot be reused meanwhile, since only
+/// its parent (we) can reap it and the orphan reaper skips registered children.
+struct Reapable {
+    /// The child's pid.
+    pid: rustix::process::Pid,
+    /// Its pidfd, once a wait had to block.
+    pidfd: Option<AsyncFd<OwnedFd>>,
+}
 
 impl Reapable {
     /// Waits until the child has exited and reaps it.
-    async fn wait(&self) -> std::io::Result<ExitStatus> {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         loop {
             if let Some(status) = self.try_wait()? {
                 return Ok(status);
             }
-            let mut ready = self.0.readable().await?;
-            ready.clear_ready();
+            match &self.pidfd {
+                Some(pidfd) => pidfd.readable().await?.clear_ready(),
+                // Registered after the exit, the pidfd still reports readable at once.
+                None => match register_pidfd(self.pid) {
+                    Ok(pidfd) => self.pidfd = Some(pidfd),
+                    // Out of descriptors: poll rather than leave the child unreaped.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
+            }
         }
     }
 
     /// Reaps the child if it has exited.
     fn try_wait(&self) -> std::io::Result<Option<ExitStatus>> {
         let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
-        let status = waitid(WaitId::PidFd(self.0.get_ref().as_fd()), options)?;
+        let status = waitid(WaitId::Pid(self.pid), options)?;
         Ok(status.map(|status| {
             // Back to the raw wait status `ExitStatus` is made from: code << 8, or the signal (| 0x80 if dumped).
             let raw = match (status.exit_status(), status.terminating_signal()) {
@@ -244,27 +259,20 @@ impl FunctionProcess {
         // Our copies of the child's ends: closed now, or EOF never comes.
         drop((in_reader, out_writer, err_writer));
         let pid = pid.map_err(errno)?;
-        let child = match reapable(pid) {
-            Ok(child) => child,
-            Err(e) => {
-                // Not watchable: stop it and reap it here rather than leave a zombie.
-                let _ = killpg(pid, Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(pid, None);
-                registry.forget(pid.as_raw());
-                return Err(describe(e));
-            }
-        };
-        let output = receiver(OwnedFd::from(out_reader)).map_err(describe)?;
-        let stderr = err_reader.map(|r| receiver(OwnedFd::from(r))).transpose().map_err(describe)?;
-        let stdin = StdinPipe::new(OwnedFd::from(in_writer)).map_err(describe)?;
-        Ok(FunctionProcess {
-            stdin: Some(stdin),
-            child: Some(child),
+        let raw = rustix::process::Pid::from_raw(pid.as_raw()).ok_or_else(|| SpawnError("spawned pid 0".into()))?;
+        // From here a failure drops `process`, which kills and reaps the child.
+        let mut process = FunctionProcess {
+            stdin: None,
+            child: Some(Reapable { pid: raw, pidfd: None }),
             group: pid,
-            output: Some(output),
-            stderr,
+            output: None,
+            stderr: None,
             registry: Arc::clone(registry),
-        })
+        };
+        process.output = Some(receiver(OwnedFd::from(out_reader)).map_err(describe)?);
+        process.stderr = err_reader.map(|r| receiver(OwnedFd::from(r))).transpose().map_err(describe)?;
+        process.stdin = Some(StdinPipe::new(OwnedFd::from(in_writer)).map_err(describe)?);
+        Ok(process)
     }
 
     /// Sends `signal` to the whole process group. Only called before the leader is reaped, so the group id
@@ -277,7 +285,7 @@ impl FunctionProcess {
 
     /// Waits for the leader to exit and reaps it.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        let child = self.child.as_ref().ok_or_else(|| std::io::Error::other("the function was already reaped"))?;
+        let child = self.child.as_mut().ok_or_else(|| std::io::Error::other("the function was already reaped"))?;
         let status = child.wait().await?;
         self.child = None;
         Ok(status)
@@ -302,7 +310,7 @@ impl Drop for FunctionProcess {
         let registry = Arc::clone(&self.registry);
         let pid = self.group.as_raw();
         match (self.child.take(), tokio::runtime::Handle::try_current()) {
-            (Some(child), Ok(runtime)) => {
+            (Some(mut child), Ok(runtime)) => {
                 runtime.spawn(async move {
                     let _ = child.wait().await;
                     registry.forget(pid);
@@ -319,15 +327,13 @@ impl Drop for FunctionProcess {
 }
 
 /// A pidfd for `pid`, registered with the runtime.
-fn reapable(pid: Pid) -> std::io::Result<Reapable> {
-    let raw = rustix::process::Pid::from_raw(pid.as_raw()).ok_or_else(|| std::io::Error::other("pid 0"))?;
-    let pidfd = pidfd_open(raw, PidfdFlags::empty())?;
+fn register_pidfd(pid: rustix::process::Pid) -> std::io::Result<AsyncFd<OwnedFd>> {
+    let pidfd = pidfd_open(pid, PidfdFlags::empty())?;
     // tokio deprecated this constructor (tokio#8587) because a `T` that can close or swap its descriptor while
     // registered breaks the reactor's bookkeeping; an `OwnedFd` owned by the `AsyncFd` cannot, and is closed
     // only after deregistration. The replacement, `register`, is `unsafe`, which this crate forbids.
     #[allow(deprecated)]
-    let pidfd = AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)?;
-    Ok(Reapable(pidfd))
+    AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)
 }
 
 /// Sets `O_NONBLOCK` on our end of a fresh pipe (the child's end is a separate open file, left blocking).
@@ -756,6 +762,33 @@ mod tests {
         let env = vec![EnvVar::new("Http_Path", "/a\0b")];
         let err = FunctionProcess::spawn(&SpawnTemplate::new(&argv), env, true, &Arc::default()).err().unwrap();
         assert!(err.0.contains("NUL byte"), "{}", err.0);
+    }
+
+    #[tokio::test]
+    async fn an_exit_is_read_whether_it_comes_before_or_after_the_output_ends() {
+        use tokio::io::AsyncReadExt;
+        // Exited before the wait: read without a pidfd. Still running when waited for: a pidfd is registered.
+        for (script, code, needs_pidfd) in
+            [("echo done; exit 3", 3, false), ("echo done; exec >&- 2>&-; sleep 0.3; exit 4", 4, true)]
+        {
+            let argv: Vec<String> = ["sh", "-c", script].iter().map(|s| s.to_string()).collect();
+            let mut p = FunctionProcess::spawn(&SpawnTemplate::new(&argv), vec![], true, &Arc::default()).unwrap();
+            drop(p.stdin.take());
+            let mut text = String::new();
+            p.output.take().unwrap().read_to_string(&mut text).await.unwrap();
+            assert_eq!(text, "done\n");
+            let mut child = p.child.take().unwrap();
+            if needs_pidfd {
+                assert!(child.try_wait().unwrap().is_none(), "still sleeping");
+            } else {
+                // The shell's exit follows its output's end closely, but not atomically.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+            assert_eq!(status.code(), Some(code), "{script}");
+            assert_eq!(child.pidfd.is_some(), needs_pidfd, "{script}");
+            assert!(child.try_wait().is_err(), "reaped once");
+        }
     }
 
     #[tokio::test]
