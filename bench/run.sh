@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 BIN=$ROOT/target/release
 # shellcheck disable=SC2206 # CASES="classic http-rust" picks cases; classic-ce and http-rust-ce send CloudEvents
-CASES=(${CASES:-classic fork-server classic-ce streaming http-rust http-rust-ce http-python http-proxy})
+CASES=(${CASES:-classic fork-server classic-ce streaming http-rust framed-echo http-rust-ce http-python http-proxy})
 # shellcheck disable=SC2206 # BODIES="13B" measures only the small body
 BODIES=(${BODIES:-13B 1MiB})
 CLK_TCK=$(getconf CLK_TCK)
@@ -53,7 +53,7 @@ command -v curl >/dev/null || die "curl is required"
 
 log "building (cargo build --release)"
 (cd "$ROOT" && cargo build --release --bin fwatchdog --example echo_server --example spawn_floor --example fork_server \
-    --example startup_probe &&
+    --example framed_echo --example startup_probe &&
     cargo build --release -p watchdog-sdk --example echo)
 PYTHON_VENV=$ROOT/sdk/python/.venv
 if [[ " ${CASES[*]} " == *" http-python "* && ! -x $PYTHON_VENV/bin/python ]]; then
@@ -123,6 +123,12 @@ start_server() {
         path=/
         t0=${EPOCHREALTIME/./}
         env -i PATH="$PATH" "$BIN/examples/fork_server" "$SRV_PORT" 2>>"$WORK/$case.log" &
+        ;;
+    framed-echo)
+        # A reference, not the watchdog: hyper and a worker echoing bare frames, with none of http mode's work.
+        path=/
+        t0=${EPOCHREALTIME/./}
+        env -i PATH="$PATH" "$BIN/examples/framed_echo" "$SRV_PORT" 2>>"$WORK/$case.log" &
         ;;
     classic | streaming | classic-ce)
         local tmp=$WORK/tmp-$case-$SRV_PORT
@@ -410,6 +416,10 @@ for body in "${BODIES[@]}"; do
         [[ $b == "$body" ]] && have "$case|$body" || continue
         target "$case $body / baseline" "$(calc "$(med R_RATIO "$case|$body")" 3)" ">=" "$limit"
     done
+    if have "framed-echo|$body"; then
+        printf '  %-44s %9s  (a reference for http-rust, no target)\n' "framed-echo $body / baseline" \
+            "$(calc "$(med R_RATIO "framed-echo|$body")" 3)"
+    fi
     for case in http-rust http-python http-proxy; do
         have "$case|$body" || continue
         target "$case $body: p99 / baseline's p99" "$(calc "$(med R_P99 "$case|$body") / $base_p99" 2)" "<=" 2
