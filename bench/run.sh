@@ -74,10 +74,14 @@ max() { printf '%s\n' "$@" | sort -g | tail -n 1; }
 calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
 
 port_busy() { { : >&3; } 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1"; }
+# Servers' ports come from below the kernel's ephemeral range: a port a client socket (wrk's, or one in
+# TIME_WAIT) holds looks free to port_busy but cannot be bound, and a server would exit during start-up.
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range || EPHEMERAL_LOW=32768
+((EPHEMERAL_LOW > 11000)) || EPHEMERAL_LOW=32768
 free_port() { # free_port [PORT_TO_AVOID]
     local p
     while :; do
-        p=$((20000 + RANDOM % 30000))
+        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
         [[ $p == "${1:-}" ]] && continue
         port_busy "$p" || { echo "$p"; return; }
     done
@@ -170,7 +174,7 @@ start_server() {
     PIDS+=("$SRV_PID")
     deadline=$((t0 + 15000000))
     until probe "$SRV_PORT" "$path"; do
-        proc_alive "$SRV_PID" || die "$case exited during start-up (see $WORK/$case.log)"
+        proc_alive "$SRV_PID" || die "$case exited during start-up; its log ends: $(tail -n 3 "$WORK/$case.log")"
         ((${EPOCHREALTIME/./} < deadline)) || die "$case not ready after 15 s"
     done
     t1=${EPOCHREALTIME/./}

@@ -781,8 +781,16 @@ mod tests {
             if needs_pidfd {
                 assert!(child.try_wait().unwrap().is_none(), "still sleeping");
             } else {
-                // The shell's exit follows its output's end closely, but not atomically.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // The shell's exit follows its output's end closely, but not atomically: wait for the zombie.
+                let stat = format!("/proc/{}/stat", p.group.as_raw());
+                let zombie = || {
+                    std::fs::read_to_string(&stat)
+                        .is_ok_and(|s| s.rsplit(") ").next().is_some_and(|r| r.starts_with("Z ")))
+                };
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while !zombie() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
             let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
             assert_eq!(status.code(), Some(code), "{script}");
