@@ -120,18 +120,17 @@ async fn serve(port: u16) -> std::io::Result<()> {
     });
 
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-    let mut next_id = 0u64;
+    // One id sequence for every connection: requests are told apart by id alone.
+    let next_id = Rc::new(Cell::new(0u64));
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let pending = Rc::clone(&pending);
         let to_worker = to_worker.clone();
-        let first_id = next_id;
-        next_id += 1 << 32;
+        let next_id = Rc::clone(&next_id);
         tokio::task::spawn_local(async move {
-            let ids = Cell::new(first_id);
             let service = service_fn(|req: Request<Incoming>| {
-                let id = ids.replace(ids.get() + 1);
+                let id = next_id.replace(next_id.get() + 1);
                 let pending = Rc::clone(&pending);
                 let to_worker = to_worker.clone();
                 async move { Ok::<_, Infallible>(echo(req, id, &pending, &to_worker).await) }
