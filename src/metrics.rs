@@ -1,7 +1,8 @@
 //! Prometheus metrics on `metrics_port`: of-watchdog's names and labels, plus the watchdog's own.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -46,6 +47,27 @@ pub struct ProtocolLabel {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// The series one finished request updates. Clones share their values with the families' own series.
+#[derive(Clone)]
+struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+    invocations: Counter,
+    invocation_duration: Histogram,
+}
+
+impl RequestSeries {
+    fn record(&self, seconds: f64) {
+        self.requests.inc();
+        self.duration.observe(seconds);
+        self.invocations.inc();
+        self.invocation_duration.observe(seconds);
+    }
+}
+
+/// Protocol, method label and status code: what picks a request's series.
+type SeriesKey = (&'static str, &'static str, u16);
+
 /// Every metric the watchdog exports.
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +81,9 @@ pub struct Metrics {
     pub worker_restarts: Counter,
     /// Function workers ready (http mode).
     pub workers_ready: Gauge,
+    /// Each label combination's series, found in the families once: a family looks a series up by its labels
+    /// with a keyed hash, which four times per request cost more than the updates themselves.
+    series: RwLock<HashMap<SeriesKey, RequestSeries, foldhash::fast::FixedState>>,
 }
 
 fn histogram() -> Histogram {
@@ -106,17 +131,26 @@ impl Metrics {
             invocation_duration,
             worker_restarts,
             workers_ready,
+            series: RwLock::default(),
         }
     }
 
     /// Records one finished request.
     pub fn observe(&self, protocol: &'static str, method: &http::Method, code: u16, seconds: f64) {
-        // Static and integer labels: recording a request allocates nothing once its series exists.
-        let labels = HttpLabels { code, method: method_label(method) };
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(seconds);
-        self.invocations.get_or_create(&InvocationLabels { protocol, code }).inc();
-        self.invocation_duration.get_or_create(&ProtocolLabel { protocol }).observe(seconds);
+        let method = method_label(method);
+        let key = (protocol, method, code);
+        if let Some(series) = self.series.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return series.record(seconds);
+        }
+        let labels = HttpLabels { code, method };
+        let series = RequestSeries {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            invocations: self.invocations.get_or_create(&InvocationLabels { protocol, code }).clone(),
+            invocation_duration: self.invocation_duration.get_or_create(&ProtocolLabel { protocol }).clone(),
+        };
+        series.record(seconds);
+        self.series.write().unwrap_or_else(PoisonError::into_inner).insert(key, series);
     }
 
     /// The OpenMetrics text exposition.
@@ -242,6 +276,23 @@ mod tests {
         assert!(text.contains(r#"watchdog_invocation_duration_seconds_count{protocol="http"} 1"#), "{text}");
         assert!(text.contains("watchdog_worker_restarts_total 0"), "{text}");
         assert!(text.contains("watchdog_workers_ready 0"), "{text}");
+    }
+
+    /// Later requests update the series through the cache; each label combination keeps its own.
+    #[test]
+    fn repeated_requests_add_up_in_their_own_series() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.observe("http", &http::Method::POST, 200, 0.01);
+        }
+        m.observe("cloudevent", &http::Method::POST, 200, 0.01);
+        m.observe("http", &http::Method::POST, 502, 0.01);
+        let text = m.encode();
+        assert!(text.contains(r#"http_requests_total{code="200",method="post"} 4"#), "{text}");
+        assert!(text.contains(r#"http_requests_total{code="502",method="post"} 1"#), "{text}");
+        assert!(text.contains(r#"watchdog_invocations_total{protocol="http",code="200"} 3"#), "{text}");
+        assert!(text.contains(r#"watchdog_invocations_total{protocol="cloudevent",code="200"} 1"#), "{text}");
+        assert!(text.contains(r#"watchdog_invocation_duration_seconds_count{protocol="http"} 4"#), "{text}");
     }
 
     #[test]

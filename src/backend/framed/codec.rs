@@ -5,7 +5,7 @@ use bytes::{BufMut, BytesMut};
 use prost::Message;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use crate::envelope::pb::watchdog::v1::Frame;
+use crate::envelope::pb::watchdog::v1::{Envelope, Frame};
 
 /// Largest frame before the handshake has set the limit (a Hello must fit).
 pub const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
@@ -90,6 +90,30 @@ pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) {
     dst.reserve(4 + len);
     dst.put_u32(len as u32);
     frame.encode(dst).expect("reserved enough room");
+}
+
+/// Appends the RequestHead frame of `envelope` on `stream_id`: byte-for-byte [`encode_frame`]'s output, but the
+/// envelope's length is worked out once. prost writes a nested message's length before it, and so walks the
+/// envelope (every header, the whole event) once per level of nesting: three times for a request head.
+pub fn encode_request_head(stream_id: u64, envelope: &Envelope, dst: &mut BytesMut) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+    // RequestHead { Envelope envelope = 1; }, always present.
+    let envelope_len = envelope.encoded_len();
+    let head_len = key_len(1) + encoded_len_varint(envelope_len as u64) + envelope_len;
+    // Frame { uint64 stream_id = 1; oneof kind { RequestHead request_head = 6; } }: a zero id left out.
+    let id_len = if stream_id == 0 { 0 } else { key_len(1) + encoded_len_varint(stream_id) };
+    let len = id_len + key_len(6) + encoded_len_varint(head_len as u64) + head_len;
+    dst.reserve(4 + len);
+    dst.put_u32(len as u32);
+    if stream_id != 0 {
+        encode_key(1, WireType::Varint, dst);
+        encode_varint(stream_id, dst);
+    }
+    encode_key(6, WireType::LengthDelimited, dst);
+    encode_varint(head_len as u64, dst);
+    encode_key(1, WireType::LengthDelimited, dst);
+    encode_varint(envelope_len as u64, dst);
+    envelope.encode_raw(dst);
 }
 
 /// Appends only the head of a Data frame on `stream_id` carrying `payload_len` bytes: the length prefix and the
@@ -210,6 +234,29 @@ mod tests {
                 encode_data_head(stream_id, len, &mut got);
                 got.extend_from_slice(&payload);
                 assert_eq!(got, want, "stream {stream_id}, {len} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_head_is_the_encoded_frame() {
+        use crate::envelope::pb::io::cloudevents::v1::CloudEvent;
+        use crate::envelope::pb::watchdog::v1::RequestHead;
+        let req = http::Request::post("/p?q=1").header("host", "h").header("x-a", "b").body(()).unwrap();
+        let plain = crate::envelope::from_http(&req.into_parts().0, 13, None).unwrap();
+        let event = CloudEvent { id: "1".into(), source: "/s".into(), spec_version: "1.0".into(), ..Default::default() };
+        let as_event = plain.clone().into_kind(crate::envelope::Kind::Cloudevent(event));
+        for envelope in [Envelope::default(), plain, as_event] {
+            for stream_id in [0u64, 1, 127, 128, u64::MAX] {
+                let frame = Frame {
+                    stream_id,
+                    kind: Some(Kind::RequestHead(Box::new(RequestHead { envelope: Some(envelope.clone()) }))),
+                };
+                let mut want = BytesMut::new();
+                encode_frame(&frame, &mut want);
+                let mut got = BytesMut::new();
+                encode_request_head(stream_id, &envelope, &mut got);
+                assert_eq!(got, want, "stream {stream_id}");
             }
         }
     }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{encode_data_head, encode_frame, FrameCodec};
+use super::codec::{encode_data_head, encode_frame, encode_request_head, FrameCodec};
 use crate::envelope::pb::watchdog::v1::{
     frame::Kind, Cancel, Data, End, Envelope, ErrorKind, Frame, Header, Pong, RequestHead, ResponseHead, WindowUpdate,
 };
@@ -168,6 +168,10 @@ impl StreamShared {
     }
 }
 
+/// Open streams by id. Ids come from our own counter, not from the worker or a client, so a fast unkeyed hash
+/// is safe here, and it is looked up several times per request.
+type StreamMap = HashMap<u64, Arc<StreamShared>, foldhash::fast::FixedState>;
+
 /// A connected, ready worker.
 pub struct Connection {
     /// The worker's number.
@@ -177,7 +181,7 @@ pub struct Connection {
     /// Limits of the connection.
     pub limits: Limits,
     outgoing: mpsc::UnboundedSender<Frame>,
-    streams: Mutex<HashMap<u64, Arc<StreamShared>>>,
+    streams: Mutex<StreamMap>,
     next_stream: AtomicU64,
     last_pong: AtomicU64,
     /// Cancelled when the connection is finished (either side).
@@ -197,7 +201,7 @@ impl Connection {
             max_concurrency,
             limits,
             outgoing,
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(StreamMap::default()),
             next_stream: AtomicU64::new(1),
             last_pong: AtomicU64::new(0),
             closed: CancellationToken::new(),
@@ -437,6 +441,14 @@ fn stage(frame: Frame, small: &mut BytesMut, pieces: &mut VecDeque<Bytes>) -> us
             let len = data.len();
             pieces.push_back(data);
             head + len
+        }
+        Frame { stream_id, kind: Some(Kind::RequestHead(head)) } => {
+            let before = small.len();
+            match &head.envelope {
+                Some(envelope) => encode_request_head(stream_id, envelope, small),
+                None => encode_frame(&Frame { stream_id, kind: Some(Kind::RequestHead(head)) }, small),
+            }
+            small.len() - before
         }
         frame => {
             let before = small.len();
