@@ -52,12 +52,9 @@ pub fn from_http_keeping(
 ) -> Result<Envelope, PathError> {
     let uri = &parts.uri;
     let path = percent_decode_path(uri.path())?;
-    let host = uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| header_str(&parts.headers, &http::header::HOST))
-        .unwrap_or_default();
-    let transfer_encoding = header_str(&parts.headers, &http::header::TRANSFER_ENCODING).unwrap_or_default();
+    let named = NamedHeaders::find(&parts.headers);
+    let host = uri.authority().map(|a| a.as_str().to_string()).or_else(|| text(named.host)).unwrap_or_default();
+    let transfer_encoding = text(named.transfer_encoding).unwrap_or_default();
     let chunked = !transfer_encoding.is_empty();
     let kept = |name: &http::HeaderName| {
         *name != http::header::HOST
@@ -79,11 +76,11 @@ pub fn from_http_keeping(
         .map(|(name, len)| Header { name: name.as_str().to_string(), value: values.split_to(len) })
         .collect();
     Ok(Envelope {
-        request_id: request_id(&parts.headers),
+        request_id: text(named.call_id).unwrap_or_else(new_id),
         deadline: timeout.map(|t| prost_types::Timestamp::from(SystemTime::now() + t)),
         trace: Some(TraceContext {
-            traceparent: header_str(&parts.headers, &TRACEPARENT).unwrap_or_default(),
-            tracestate: header_str(&parts.headers, &TRACESTATE).unwrap_or_default(),
+            traceparent: text(named.traceparent).unwrap_or_default(),
+            tracestate: text(named.tracestate).unwrap_or_default(),
         }),
         headers,
         content_length,
@@ -111,11 +108,6 @@ fn version_name(version: http::Version) -> &'static str {
     }
 }
 
-/// The request id: `X-Call-Id` when the caller sent one, else a fresh UUID.
-pub fn request_id(headers: &HeaderMap) -> String {
-    header_str(headers, &X_CALL_ID).unwrap_or_else(new_id)
-}
-
 /// A fresh random UUID in its hyphenated lower-case form, written without the formatting machinery.
 pub fn new_id() -> String {
     let mut buf = uuid::Uuid::encode_buffer();
@@ -123,12 +115,47 @@ pub fn new_id() -> String {
 }
 
 // Looked up by `HeaderName`, not `&str`: a string name is parsed and validated again on every lookup.
-const X_CALL_ID: http::HeaderName = http::HeaderName::from_static("x-call-id");
+pub(crate) const X_CALL_ID: http::HeaderName = http::HeaderName::from_static("x-call-id");
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
-fn header_str(headers: &HeaderMap, name: &http::HeaderName) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+/// A header value as an owned string, if it is visible ASCII (as `HeaderValue::to_str` requires).
+fn text(value: Option<&http::HeaderValue>) -> Option<String> {
+    value.and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// The first value of each header the envelope carries in a field of its own, found in one pass over the
+/// request's few headers instead of a hashed lookup per name.
+#[derive(Default)]
+struct NamedHeaders<'a> {
+    host: Option<&'a http::HeaderValue>,
+    transfer_encoding: Option<&'a http::HeaderValue>,
+    call_id: Option<&'a http::HeaderValue>,
+    traceparent: Option<&'a http::HeaderValue>,
+    tracestate: Option<&'a http::HeaderValue>,
+}
+
+impl<'a> NamedHeaders<'a> {
+    fn find(headers: &'a HeaderMap) -> NamedHeaders<'a> {
+        let mut found = NamedHeaders::default();
+        for (name, value) in headers {
+            let slot = if *name == http::header::HOST {
+                &mut found.host
+            } else if *name == http::header::TRANSFER_ENCODING {
+                &mut found.transfer_encoding
+            } else if *name == X_CALL_ID {
+                &mut found.call_id
+            } else if *name == TRACEPARENT {
+                &mut found.traceparent
+            } else if *name == TRACESTATE {
+                &mut found.tracestate
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        found
+    }
 }
 
 /// A request path with an invalid percent-escape (Go's `net/http` answers 400 to these too).
@@ -249,10 +276,32 @@ mod tests {
         assert_eq!(values, vec![&b"v1"[..], &b"v2"[..]]);
     }
 
+    /// The fields taken from headers hold each header's first value, as `HeaderMap::get` gives it, and a value
+    /// that is not visible ASCII counts as absent.
+    #[test]
+    fn named_headers_take_their_first_value() {
+        let req = http::Request::get("/")
+            .header("x-call-id", "first")
+            .header("x-call-id", "second")
+            .header("tracestate", "a=1")
+            .header("tracestate", "b=2")
+            .header("traceparent", http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap())
+            .header("traceparent", "00-1-2-01")
+            .header("host", "h1")
+            .body(())
+            .unwrap();
+        let env = from_http(&parts(req), 0, None).unwrap();
+        assert_eq!(env.request_id, "first");
+        let trace = env.trace.as_ref().unwrap();
+        assert_eq!(trace.tracestate, "a=1");
+        assert_eq!(trace.traceparent, "");
+        assert_eq!(env.http().unwrap().host, "h1");
+    }
+
     #[test]
     fn generated_request_ids_are_unique() {
-        let a = request_id(&HeaderMap::new());
-        let b = request_id(&HeaderMap::new());
+        let a = from_http(&parts(http::Request::new(())), 0, None).unwrap().request_id;
+        let b = from_http(&parts(http::Request::new(())), 0, None).unwrap().request_id;
         assert_ne!(a, b);
     }
 }

@@ -64,7 +64,8 @@ impl BindingError {
 
 const BATCH_MEDIA_TYPE: &str = "application/cloudevents-batch";
 const STRUCTURED_MEDIA_TYPE: &str = "application/cloudevents";
-const SPEC_VERSION_HEADER: &str = "ce-specversion";
+// A `HeaderName`, not a `&str`: every POST is checked for it, and a string name is parsed again on each lookup.
+const SPEC_VERSION_HEADER: HeaderName = HeaderName::from_static("ce-specversion");
 
 /// SPEC §6 detection: which mode a request uses, or `None` for plain HTTP. Only POST is inspected.
 pub fn detect(method: &Method, headers: &HeaderMap) -> Result<Option<Mode>, BindingError> {

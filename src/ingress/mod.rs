@@ -160,7 +160,7 @@ enum Answer {
 
 /// The caller's `X-Call-Id`, which access lines carry as `request_id` (SPEC §2); `None` when it sent none.
 fn caller_request_id(headers: &::http::HeaderMap) -> Option<String> {
-    headers.get("x-call-id").map(|id| String::from_utf8_lossy(id.as_bytes()).into_owned())
+    headers.get(crate::envelope::X_CALL_ID).map(|id| String::from_utf8_lossy(id.as_bytes()).into_owned())
 }
 
 /// One request counted in `http_requests_in_flight` until dropped.
