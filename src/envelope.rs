@@ -44,6 +44,9 @@ pub fn from_http(parts: &Parts, content_length: i64, timeout: Option<Duration>) 
 
 /// [`from_http`] with only the headers `keep` accepts in the header list, so headers the function receives in
 /// another form (a CloudEvent's `ce-*` attributes) are never copied.
+///
+/// The envelope is one [`recycle`]d by an earlier request on this thread when there is one: its strings and
+/// header list are overwritten in place, so building it allocates one buffer instead of a dozen small blocks.
 pub fn from_http_keeping(
     parts: &Parts,
     content_length: i64,
@@ -51,10 +54,8 @@ pub fn from_http_keeping(
     keep: impl Fn(&http::HeaderName) -> bool,
 ) -> Result<Envelope, PathError> {
     let uri = &parts.uri;
-    let path = percent_decode_path(uri.path())?;
     let named = NamedHeaders::find(&parts.headers);
-    let host = uri.authority().map(|a| a.as_str().to_string()).or_else(|| text(named.host)).unwrap_or_default();
-    let transfer_encoding = text(named.transfer_encoding).unwrap_or_default();
+    let transfer_encoding = named.transfer_encoding.and_then(|v| v.to_str().ok()).unwrap_or_default();
     let chunked = !transfer_encoding.is_empty();
     let kept = |name: &http::HeaderName| {
         *name != http::header::HOST
@@ -62,38 +63,65 @@ pub fn from_http_keeping(
             && !(chunked && *name == http::header::CONTENT_LENGTH)
             && keep(name)
     };
-    // Every value is a slice of one buffer: one allocation for them all, and encoding a frame clones the
-    // slices without copying (a `Bytes` made from its own `Vec` would allocate again on its first clone).
-    let mut values = bytes::BytesMut::with_capacity(parts.headers.iter().map(|(_, v)| v.len()).sum());
-    let mut spans = Vec::with_capacity(parts.headers.len());
-    for (name, value) in parts.headers.iter().filter(|(name, _)| kept(name)) {
-        values.extend_from_slice(value.as_bytes());
-        spans.push((name, value.len()));
+    // The decoded path and every header value are slices of one buffer: one allocation for them all, and
+    // encoding a frame clones the slices without copying (a `Bytes` made from its own `Vec` would allocate
+    // again on its first clone).
+    let values_len: usize = parts.headers.iter().map(|(_, v)| v.len()).sum();
+    let mut buffer = bytes::BytesMut::with_capacity(uri.path().len() + values_len);
+    decode_path_into(uri.path(), &mut buffer)?;
+    let path_len = buffer.len();
+    for (_, value) in parts.headers.iter().filter(|(name, _)| kept(name)) {
+        buffer.extend_from_slice(value.as_bytes());
     }
-    let mut values = values.freeze();
-    let headers = spans
-        .into_iter()
-        .map(|(name, len)| Header { name: name.as_str().to_string(), value: values.split_to(len) })
-        .collect();
-    Ok(Envelope {
-        request_id: text(named.call_id).unwrap_or_else(new_id),
-        deadline: timeout.map(|t| prost_types::Timestamp::from(SystemTime::now() + t)),
-        trace: Some(TraceContext {
-            traceparent: text(named.traceparent).unwrap_or_default(),
-            tracestate: text(named.tracestate).unwrap_or_default(),
-        }),
-        headers,
-        content_length,
-        transport: None,
-        kind: Some(Kind::Http(HttpRequest {
-            method: parts.method.as_str().to_string(),
-            path: path.into(),
-            query: uri.query().unwrap_or_default().to_string(),
-            host,
-            version: version_name(parts.version).to_string(),
-            transfer_encoding: transfer_encoding.split(',').next().unwrap_or_default().trim().to_string(),
-        })),
-    })
+    let mut buffer = buffer.freeze();
+    let path = buffer.split_to(path_len);
+
+    let mut envelope = spare_envelope();
+    // Every field of a recycled envelope is overwritten below; naming them all here makes a field added to the
+    // protocol a compile error until it is too.
+    let Envelope { request_id: _, deadline: _, trace: _, headers: _, content_length: _, transport: _, kind: _ } =
+        &envelope;
+    let mut count = 0;
+    for (name, value) in parts.headers.iter().filter(|(name, _)| kept(name)) {
+        let value = buffer.split_to(value.len());
+        match envelope.headers.get_mut(count) {
+            Some(header) => {
+                overwrite(&mut header.name, name.as_str());
+                header.value = value;
+            }
+            None => envelope.headers.push(Header { name: name.as_str().to_string(), value }),
+        }
+        count += 1;
+    }
+    envelope.headers.truncate(count);
+    match named.call_id.and_then(|v| v.to_str().ok()) {
+        Some(id) => overwrite(&mut envelope.request_id, id),
+        None => write_new_id(&mut envelope.request_id),
+    }
+    envelope.deadline = timeout.map(|t| prost_types::Timestamp::from(SystemTime::now() + t));
+    let trace = envelope.trace.get_or_insert_with(TraceContext::default);
+    let TraceContext { traceparent: _, tracestate: _ } = trace;
+    overwrite(&mut trace.traceparent, named.traceparent.and_then(|v| v.to_str().ok()).unwrap_or_default());
+    overwrite(&mut trace.tracestate, named.tracestate.and_then(|v| v.to_str().ok()).unwrap_or_default());
+    envelope.content_length = content_length;
+    // A recycled event's envelope keeps its HTTP request as the transport: it is reused as the request here.
+    let mut http = match (envelope.kind.take(), envelope.transport.take()) {
+        (Some(Kind::Http(http)), _) | (_, Some(http)) => http,
+        _ => HttpRequest::default(),
+    };
+    let HttpRequest { method: _, path: _, query: _, host: _, version: _, transfer_encoding: _ } = &http;
+    overwrite(&mut http.method, parts.method.as_str());
+    http.path = path;
+    overwrite(&mut http.query, uri.query().unwrap_or_default());
+    let host = match uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => named.host.and_then(|v| v.to_str().ok()).unwrap_or_default(),
+    };
+    overwrite(&mut http.host, host);
+    overwrite(&mut http.version, version_name(parts.version));
+    overwrite(&mut http.transfer_encoding, transfer_encoding.split(',').next().unwrap_or_default().trim());
+    envelope.kind = Some(Kind::Http(http));
+    Ok(envelope)
 }
 
 /// How `http::Version` prints itself (`HTTP/1.1`), without the formatting machinery.
@@ -110,19 +138,57 @@ fn version_name(version: http::Version) -> &'static str {
 
 /// A fresh random UUID in its hyphenated lower-case form, written without the formatting machinery.
 pub fn new_id() -> String {
+    let mut id = String::new();
+    write_new_id(&mut id);
+    id
+}
+
+/// Replaces `id` with a fresh [`new_id`], in the string's own buffer.
+fn write_new_id(id: &mut String) {
     let mut buf = uuid::Uuid::encode_buffer();
-    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf).to_owned()
+    overwrite(id, uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf));
+}
+
+/// Sets a string, reusing its buffer.
+fn overwrite(field: &mut String, value: &str) {
+    field.clear();
+    field.push_str(value);
+}
+
+/// Envelopes kept per thread for reuse; more would only hold memory.
+const SPARE_LIMIT: usize = 64;
+/// Envelopes with more headers than this are not kept, so one request's huge headers are not held for long.
+const SPARE_MAX_HEADERS: usize = 32;
+/// Nor are envelopes whose encoding was longer than this.
+pub const SPARE_MAX_ENCODED: usize = 4096;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Envelope>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn spare_envelope() -> Envelope {
+    SPARE.with(|spare| spare.borrow_mut().pop()).unwrap_or_default()
+}
+
+/// Gives an envelope that is done with (encoded for a worker) back for the next request on this thread to
+/// build its own in. `encoded_len` is what it encoded to: a large one is dropped instead, so the buffers kept
+/// stay small.
+pub fn recycle(envelope: Envelope, encoded_len: usize) {
+    if envelope.headers.len() > SPARE_MAX_HEADERS || encoded_len > SPARE_MAX_ENCODED {
+        return;
+    }
+    SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_LIMIT {
+            spare.push(envelope);
+        }
+    });
 }
 
 // Looked up by `HeaderName`, not `&str`: a string name is parsed and validated again on every lookup.
 pub(crate) const X_CALL_ID: http::HeaderName = http::HeaderName::from_static("x-call-id");
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
-
-/// A header value as an owned string, if it is visible ASCII (as `HeaderValue::to_str` requires).
-fn text(value: Option<&http::HeaderValue>) -> Option<String> {
-    value.and_then(|v| v.to_str().ok()).map(str::to_string)
-}
 
 /// The first value of each header the envelope carries in a field of its own, found in one pass over the
 /// request's few headers instead of a hashed lookup per name.
@@ -163,10 +229,10 @@ impl<'a> NamedHeaders<'a> {
 #[error("invalid URL escape {0:?} in the request path")]
 pub struct PathError(pub String);
 
-/// Decodes `%XX` escapes in a path as Go's `URL.Path` does (`+` stays `+`). The result may not be UTF-8.
-pub fn percent_decode_path(path: &str) -> Result<Vec<u8>, PathError> {
+/// Appends `path` to `out` with its `%XX` escapes decoded, as Go's `URL.Path` decodes them (`+` stays `+`). The
+/// result may not be UTF-8.
+fn decode_path_into(path: &str, out: &mut bytes::BytesMut) -> Result<(), PathError> {
     let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
@@ -176,14 +242,16 @@ pub fn percent_decode_path(path: &str) -> Result<Vec<u8>, PathError> {
                 return Err(PathError(String::from_utf8_lossy(&bytes[i..end]).into_owned()));
             };
             let text = std::str::from_utf8(hex).expect("hex digits are ASCII");
-            out.push(u8::from_str_radix(text, 16).expect("two hex digits"));
+            out.extend_from_slice(&[u8::from_str_radix(text, 16).expect("two hex digits")]);
             i += 3;
         } else {
-            out.push(bytes[i]);
-            i += 1;
+            // The run up to the next escape in one copy.
+            let run = bytes[i..].iter().position(|&b| b == b'%').unwrap_or(bytes.len() - i);
+            out.extend_from_slice(&bytes[i..i + run]);
+            i += run;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 impl Envelope {
@@ -239,13 +307,20 @@ mod tests {
         req.into_parts().0
     }
 
+    fn decode_path(path: &str) -> Result<Vec<u8>, PathError> {
+        let mut out = bytes::BytesMut::new();
+        decode_path_into(path, &mut out).map(|()| out.to_vec())
+    }
+
     #[test]
     fn decodes_path_like_go() {
-        assert_eq!(percent_decode_path("/a%20b+c").unwrap(), b"/a b+c");
-        assert_eq!(percent_decode_path("/%e2%82%ac").unwrap(), "/€".as_bytes());
-        assert_eq!(percent_decode_path("/%ff").unwrap(), vec![b'/', 0xff]);
-        assert!(percent_decode_path("/%zz").is_err());
-        assert!(percent_decode_path("/%4").is_err());
+        assert_eq!(decode_path("/a%20b+c").unwrap(), b"/a b+c");
+        assert_eq!(decode_path("/%e2%82%ac").unwrap(), "/€".as_bytes());
+        assert_eq!(decode_path("/%ff").unwrap(), vec![b'/', 0xff]);
+        assert_eq!(decode_path("/plain/path").unwrap(), b"/plain/path");
+        assert!(decode_path("/%zz").is_err());
+        assert!(decode_path("/%4").is_err());
+        assert!(decode_path("/a%").is_err());
     }
 
     #[test]
@@ -296,6 +371,41 @@ mod tests {
         assert_eq!(trace.tracestate, "a=1");
         assert_eq!(trace.traceparent, "");
         assert_eq!(env.http().unwrap().host, "h1");
+    }
+
+    /// An envelope built in a recycled one is the envelope a fresh build gives: nothing of the earlier request
+    /// (its headers, trace, deadline, transport, event) is left in it.
+    #[test]
+    fn a_recycled_envelope_keeps_nothing_of_its_request() {
+        let minimal = || parts(http::Request::get("/b").header("x-call-id", "b").body(()).unwrap());
+        let fresh = from_http(&minimal(), 0, None).unwrap();
+        let earlier = http::Request::post("http://example.com/a%20b?q=1")
+            .header("x-call-id", "a")
+            .header("traceparent", "00-1-2-01")
+            .header("tracestate", "k=v")
+            .header("transfer-encoding", "chunked")
+            .header("x-one", "1")
+            .header("x-two", "2")
+            .header("x-three", "3")
+            .body(())
+            .unwrap();
+        let earlier = from_http(&parts(earlier), -1, Some(Duration::from_secs(5))).unwrap();
+        let event = pb::io::cloudevents::v1::CloudEvent { id: "e".into(), ..Default::default() };
+        recycle(earlier.into_kind(Kind::Cloudevent(event)), 100);
+        let spares = || SPARE.with(|spare| spare.borrow().len());
+        assert_eq!(spares(), 1);
+        let rebuilt = from_http(&minimal(), 0, None).unwrap();
+        assert_eq!(spares(), 0, "the recycled envelope was not used");
+        assert_eq!(rebuilt, fresh);
+    }
+
+    #[test]
+    fn large_envelopes_are_not_kept() {
+        let spares = || SPARE.with(|spare| spare.borrow().len());
+        recycle(Envelope::default(), SPARE_MAX_ENCODED + 1);
+        let many = Envelope { headers: vec![Header::default(); SPARE_MAX_HEADERS + 1], ..Default::default() };
+        recycle(many, 100);
+        assert_eq!(spares(), 0);
     }
 
     #[test]

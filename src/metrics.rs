@@ -1,7 +1,7 @@
 //! Prometheus metrics on `metrics_port`: of-watchdog's names and labels, plus the watchdog's own.
 
-use std::convert::Infallible;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use hyper::body::Incoming;

@@ -244,7 +244,8 @@ mod tests {
         use crate::envelope::pb::watchdog::v1::RequestHead;
         let req = http::Request::post("/p?q=1").header("host", "h").header("x-a", "b").body(()).unwrap();
         let plain = crate::envelope::from_http(&req.into_parts().0, 13, None).unwrap();
-        let event = CloudEvent { id: "1".into(), source: "/s".into(), spec_version: "1.0".into(), ..Default::default() };
+        let event =
+            CloudEvent { id: "1".into(), source: "/s".into(), spec_version: "1.0".into(), ..Default::default() };
         let as_event = plain.clone().into_kind(crate::envelope::Kind::Cloudevent(event));
         for envelope in [Envelope::default(), plain, as_event] {
             for stream_id in [0u64, 1, 127, 128, u64::MAX] {

@@ -442,10 +442,14 @@ fn stage(frame: Frame, small: &mut BytesMut, pieces: &mut VecDeque<Bytes>) -> us
             pieces.push_back(data);
             head + len
         }
-        Frame { stream_id, kind: Some(Kind::RequestHead(head)) } => {
+        Frame { stream_id, kind: Some(Kind::RequestHead(mut head)) } => {
             let before = small.len();
-            match &head.envelope {
-                Some(envelope) => encode_request_head(stream_id, envelope, small),
+            match head.envelope.take() {
+                Some(envelope) => {
+                    encode_request_head(stream_id, &envelope, small);
+                    // Its strings and header list become the next request's.
+                    crate::envelope::recycle(envelope, small.len() - before);
+                }
                 None => encode_frame(&Frame { stream_id, kind: Some(Kind::RequestHead(head)) }, small),
             }
             small.len() - before
