@@ -323,7 +323,7 @@ impl Worker {
         let mut session = Session {
             conn: conn.clone(),
             handler: Arc::new(handler),
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             done_tx: None,
             draining: idle.drained || idle.shutdown,
             shutting_down: idle.shutdown,
@@ -484,8 +484,10 @@ struct Entry {
 struct Session<H> {
     conn: Arc<Conn>,
     handler: Arc<H>,
-    // Every stream whose task has not finished yet (including cancelled ones being torn down).
-    streams: HashMap<u64, Entry>,
+    // Every stream whose task has not finished yet (including cancelled ones being torn down). Ids come from the
+    // watchdog, not from clients, so an unkeyed fast hash is safe, and each request looks its stream up several
+    // times.
+    streams: HashMap<u64, Entry, foldhash::fast::FixedState>,
     done_tx: Option<mpsc::UnboundedSender<u64>>,
     draining: bool,
     shutting_down: bool,
