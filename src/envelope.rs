@@ -160,7 +160,7 @@ const SPARE_LIMIT: usize = 64;
 /// Envelopes with more headers than this are not kept, so one request's huge headers are not held for long.
 const SPARE_MAX_HEADERS: usize = 32;
 /// Nor are envelopes whose encoding was longer than this.
-pub const SPARE_MAX_ENCODED: usize = 4096;
+const SPARE_MAX_ENCODED: usize = 4096;
 
 thread_local! {
     static SPARE: std::cell::RefCell<Vec<Envelope>> = const { std::cell::RefCell::new(Vec::new()) };

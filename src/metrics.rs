@@ -47,12 +47,15 @@ pub struct ProtocolLabel {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// The series one finished request updates. Clones share their values with the families' own series.
-#[derive(Clone)]
+/// The series one finished request updates: handles on the families' own series, which they share values with.
 struct RequestSeries {
+    /// In `http_requests_total`.
     requests: Counter,
+    /// In `http_request_duration_seconds`.
     duration: Histogram,
+    /// In `watchdog_invocations_total`.
     invocations: Counter,
+    /// In `watchdog_invocation_duration_seconds`.
     invocation_duration: Histogram,
 }
 

@@ -168,8 +168,8 @@ impl StreamShared {
     }
 }
 
-/// Open streams by id. Ids come from our own counter, not from the worker or a client, so a fast unkeyed hash
-/// is safe here, and it is looked up several times per request.
+/// Open streams by id, looked up several times per request. The ids are our own counter's: a worker's frame
+/// naming any other id is refused before a lookup, so an unkeyed fast hash is safe.
 type StreamMap = HashMap<u64, Arc<StreamShared>, foldhash::fast::FixedState>;
 
 /// A connected, ready worker.
