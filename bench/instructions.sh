@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Instructions the watchdog executes per request in http mode, counted by valgrind (callgrind), for plain
-# requests and binary-mode CloudEvents to the Rust SDK echo worker. Unlike requests/s on a shared VM, the
-# count repeats to within a fraction of a percent, so it shows small changes to the watchdog's own user-space
-# work (the kernel's part and the worker's are not counted). See bench/README.md.
+# Instructions the watchdog and the Rust SDK echo worker each execute per request in http mode, counted by
+# valgrind (callgrind), for plain requests and binary-mode CloudEvents: one run per process and case, the other
+# process running natively. Unlike requests/s on a shared VM, the counts repeat to within a fraction of a
+# percent, so they show small changes to either side's user-space work (the kernel's part is not counted).
+# See bench/README.md.
 # Knobs: DURATION (seconds of wrk load per case, 5), CASES ("plain ce"), BODY (13B or 1MiB), KEEP_TMP.
 set -euo pipefail
 export LC_ALL=C
@@ -40,34 +41,53 @@ esac
 # Below the ephemeral range, so no client socket holds it.
 port=$((20000 + RANDOM % 10000))
 declare -A PER_REQUEST
+# One run per case and process: the one counted runs under valgrind, the other natively.
+for who in watchdog worker; do
 for case in "${CASES[@]}"; do
     script=$ROOT/bench/post.lua
     [[ $case == ce ]] && script=$ROOT/bench/post-ce.lua
-    mkdir -p "$WORK/tmp-$case"
-    # Only the watchdog runs under valgrind; the worker it starts runs natively.
-    env -i PATH="$PATH" mode=http fprocess="$BIN/examples/echo" port=$port metrics_port=0 TMPDIR="$WORK/tmp-$case" \
-        healthcheck_interval=0 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.$case" \
-        "$BIN/fwatchdog" 2>"$WORK/$case.log" &
+    run=$who.$case
+    mkdir -p "$WORK/tmp-$run"
+    callgrind=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.$run")
+    if [[ $who == watchdog ]]; then
+        watchdog=("${callgrind[@]}" "$BIN/fwatchdog") fprocess=$BIN/examples/echo
+    else
+        watchdog=("$BIN/fwatchdog") fprocess="${callgrind[*]} $BIN/examples/echo"
+    fi
+    env -i PATH="$PATH" mode=http fprocess="$fprocess" port=$port metrics_port=0 TMPDIR="$WORK/tmp-$run" \
+        healthcheck_interval=0 "${watchdog[@]}" 2>"$WORK/$run.log" &
     SERVER=$!
     for _ in $(seq 600); do
         curl -sf "http://127.0.0.1:$port/_/ready" >/dev/null 2>&1 && break
         sleep 0.1
     done
-    BODY_FILE=$WORK/body wrk -t2 -c32 -d"${DURATION}s" -s "$script" "http://127.0.0.1:$port/" >"$WORK/wrk.$case"
+    BODY_FILE=$WORK/body wrk -t2 -c32 -d"${DURATION}s" -s "$script" "http://127.0.0.1:$port/" >"$WORK/wrk.$run"
     kill -TERM "$SERVER"
     wait "$SERVER" 2>/dev/null || true
     SERVER=
-    requests=$(awk '/requests in/ { print $1 }' "$WORK/wrk.$case")
-    if grep -q 'Non-2xx' "$WORK/wrk.$case"; then
-        echo "WARNING: $case: non-2xx answers" >&2
+    # The worker's callgrind writes its file as the worker exits, after the watchdog has stopped it.
+    for _ in $(seq 100); do
+        [[ -s $WORK/callgrind.$run ]] && grep -q '^totals:' "$WORK/callgrind.$run" && break
+        sleep 0.1
+    done
+    requests=$(awk '/requests in/ { print $1 }' "$WORK/wrk.$run")
+    if grep -q 'Non-2xx' "$WORK/wrk.$run"; then
+        echo "WARNING: $run: non-2xx answers" >&2
     fi
-    total=$(awk '/^totals:/ { print $2 }' "$WORK/callgrind.$case")
+    total=$(awk '/^totals:/ { print $2 }' "$WORK/callgrind.$run" 2>/dev/null)
+    if [[ -z $total ]]; then
+        echo "WARNING: $run: no callgrind totals (the $who was killed before it could write them?)" >&2
+        continue
+    fi
     # Start-up and shutdown are in the total too: about as much as ten requests.
-    PER_REQUEST[$case]=$((total / requests))
-    printf '%-6s %6d requests  %8d instructions per request\n' "$case" "$requests" "${PER_REQUEST[$case]}"
+    PER_REQUEST[$run]=$((total / requests))
+    printf '%-8s %-6s %6d requests  %8d instructions per request\n' "$who" "$case" "$requests" "${PER_REQUEST[$run]}"
     port=$((port + 1))
 done
-if [[ -n ${PER_REQUEST[plain]:-} && -n ${PER_REQUEST[ce]:-} ]]; then
-    awk -v p="${PER_REQUEST[plain]}" -v c="${PER_REQUEST[ce]}" \
-        'BEGIN { printf "an event costs %.2f times a plain request (%d more instructions)\n", c / p, c - p }'
-fi
+done
+for who in watchdog worker; do
+    p=${PER_REQUEST[$who.plain]:-} c=${PER_REQUEST[$who.ce]:-}
+    [[ -n $p && -n $c ]] || continue
+    awk -v who="$who" -v p="$p" -v c="$c" \
+        'BEGIN { printf "%s: an event costs %.2f times a plain request (%d more instructions)\n", who, c / p, c - p }'
+done
