@@ -408,8 +408,10 @@ pub fn binary_response(reply: Reply) -> Response<ResponseBody> {
     *response.headers_mut() = reply.headers;
     let headers = response.headers_mut();
     headers.reserve(5);
+    // `append`: the function's own `ce-` headers and Content-Type are gone (`drop_ce_headers`), and each
+    // attribute comes once, so there is nothing to replace.
     if let Err(error) = cloudevent::write_binary_headers(reply.event, |name, value| {
-        headers.insert(name, value);
+        headers.append(name, value);
     }) {
         return DeliveryError::BadReply(error).into_response();
     }

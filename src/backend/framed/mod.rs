@@ -132,21 +132,29 @@ struct Exchange {
     pump: Pin<Box<dyn Future<Output = ()> + Send>>,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
+    /// Room the response's header map keeps beyond the worker's headers: an event's reply gets its `ce-`
+    /// headers added, and a map that grows is allocated and filled twice.
+    header_room: usize,
 }
+
+/// The most headers a binary-mode reply event adds to a worker's response: the four required attributes and
+/// a `content-type`, plus `time` and one extension, the usual extras.
+const REPLY_EVENT_HEADERS: usize = 7;
 
 impl Exchange {
     /// Sends the request's head on a new stream and readies its body's pump.
     fn open(lease: Lease, invocation: Invocation, deadline: Option<Instant>, timeout: Option<Duration>) -> Exchange {
         let conn = Arc::clone(&lease.conn);
+        let header_room = if invocation.envelope.cloudevent().is_some() { REPLY_EVENT_HEADERS } else { 0 };
         let (id, shared) = conn.open(invocation.envelope);
         let guard = CancelOnDrop { conn: Arc::clone(&conn), id, armed: true };
         let pump = Box::pin(pump_body(Arc::clone(&conn), id, Arc::clone(&shared), invocation.body, invocation.limits));
-        Exchange { lease, conn, id, shared, guard, pump, deadline, timeout }
+        Exchange { lease, conn, id, shared, guard, pump, deadline, timeout, header_room }
     }
 
     /// Waits for the response head and returns the response, its body still streaming.
     async fn run(self) -> Result<Response<ResponseBody>, InvokeError> {
-        let Exchange { lease, conn, id, shared, mut guard, mut pump, deadline, timeout } = self;
+        let Exchange { lease, conn, id, shared, mut guard, mut pump, deadline, timeout, header_room } = self;
         // The body is pumped from this task while the head is awaited: a small body is sent without a task of
         // its own and the hops between tasks that would cost. Whatever is left once the head arrives (a worker
         // that answers before reading everything) goes on in a task, beside the response.
@@ -194,7 +202,7 @@ impl Exchange {
             code => StatusCode::from_u16(code as u16)
                 .map_err(|_| InvokeError::WorkerFailed(format!("invalid status code {code}")))?,
         };
-        let mut headers = http::HeaderMap::with_capacity(head.headers.len());
+        let mut headers = http::HeaderMap::with_capacity(head.headers.len() + header_room);
         for header in head.headers {
             // The values are slices of the frame's buffer: taken as they are, without a copy.
             if let (Ok(name), Ok(value)) =
