@@ -128,14 +128,14 @@ start_server() {
         t0=${EPOCHREALTIME/./}
         env -i PATH="$PATH" "$BIN/examples/fork_server" "$SRV_PORT" 2>>"$WORK/$case.log" &
         ;;
-    framed-echo | framed-echo-ce)
+    framed-echo)
         # A reference, not the watchdog: hyper and a worker echoing bare frames, with none of http mode's work
         # (an event's `ce-` headers are copied to its answer unread).
         path=/
         t0=${EPOCHREALTIME/./}
         env -i PATH="$PATH" "$BIN/examples/framed_echo" "$SRV_PORT" 2>>"$WORK/$case.log" &
         ;;
-    classic | streaming | classic-ce)
+    classic | streaming)
         local tmp=$WORK/tmp-$case-$SRV_PORT
         mkdir -p "$tmp"
         # A clean environment: only what the case sets (mode unset means classic; write_timeout unset).
@@ -156,7 +156,7 @@ start_server() {
         t0=${EPOCHREALTIME/./}
         env -i "${envs[@]}" "$BIN/fwatchdog" 2>>"$WORK/$case.log" &
         ;;
-    http-rust | http-python | http-rust-ce)
+    http-rust | http-python)
         local tmp=$WORK/tmp-$case-$SRV_PORT worker
         mkdir -p "$tmp"
         if [[ $case == http-rust* ]]; then
@@ -219,15 +219,22 @@ add() { # add ARRAY KEY VALUE
 }
 
 RUN_N=0 TOTAL_NON2XX=0 TOTAL_SOCKERR=0 LOG_ODD=0
-# run CASE BODY: one server, one wrk run; sets LAST_RPS
+# run CASE BODY: one server of its own, one wrk run; sets LAST_RPS
 run() {
+    start_server "$1"
+    check_echo "$1"
+    add R_STARTUP "$1" "$SRV_STARTUP_MS"
+    add R_IDLE "$1" "$SRV_IDLE_KB"
+    measure "$1" "$2"
+    stop_server
+}
+
+# measure CASE BODY: one wrk run against the server running (a `-ce` case sends binary-mode CloudEvents);
+# records its figures under CASE and sets LAST_RPS
+measure() {
     local case=$1 body=$2 out c0 c1
     RUN_N=$((RUN_N + 1))
     out=$WORK/wrk-$RUN_N-$case-$body.txt
-    start_server "$case"
-    check_echo "$case"
-    add R_STARTUP "$case" "$SRV_STARTUP_MS"
-    add R_IDLE "$case" "$SRV_IDLE_KB"
     local script=$BENCH/post.lua
     [[ $case == *-ce ]] && script=$BENCH/post-ce.lua
     c0=$(cpu_ticks "$SRV_PID")
@@ -237,7 +244,6 @@ run() {
     c1=$(cpu_ticks "$SRV_PID")
     local hwm
     hwm=$(status_kb "$SRV_PID" VmHWM)
-    stop_server
 
     local rps p50 p99 reqs non2xx sockerr
     read -r rps p50 p99 reqs non2xx sockerr < <(awk '
@@ -302,10 +308,11 @@ for body in "${BODIES[@]}"; do
     before=$LAST_RPS
     for ((r = 1; r <= ROUNDS; r++)); do
         for case in "${CASES[@]}"; do
+            [[ $case == *-ce ]] && continue # measured below, beside plain requests on the same server
             # A fork mode with the small body is also held against the spawn floor, measured right before and
             # right after it: the floor drifts with the machine as much as the echo baseline does.
             fork=0
-            [[ $body == 13B && $case =~ ^(classic|streaming|classic-ce|fork-server)$ ]] && fork=1
+            [[ $body == 13B && $case =~ ^(classic|streaming|fork-server)$ ]] && fork=1
             if ((fork)); then
                 floor
                 floor_before=$LAST_FLOOR
@@ -320,6 +327,30 @@ for body in "${BODIES[@]}"; do
             add R_RATIO "$case|$body" "$(calc "$mid / (($before + $LAST_RPS) / 2)" 4)"
             before=$LAST_RPS
         done
+    done
+done
+
+# Events against plain requests: one server per case and body, taking plain and event runs in turns (plain, then
+# event and plain ROUNDS times), each event run held against the mean of the plain runs either side of it. Two
+# servers or two minutes apart, this VM's drift (a tenth within minutes) is as large as the difference measured.
+declare -A R_EVENT_RATIO
+for body in "${BODIES[@]}"; do
+    for case in "${CASES[@]}"; do
+        [[ $case == *-ce ]] || continue
+        plain=${case%-ce}
+        log "events: $case against $plain on one server, body $body"
+        start_server "$plain"
+        check_echo "$plain"
+        measure "$plain" "$body"
+        before=$LAST_RPS
+        for ((r = 1; r <= ROUNDS; r++)); do
+            measure "$case" "$body"
+            mid=$LAST_RPS
+            measure "$plain" "$body"
+            add R_EVENT_RATIO "$case|$body" "$(calc "$mid / (($before + $LAST_RPS) / 2)" 4)"
+            before=$LAST_RPS
+        done
+        stop_server
     done
 done
 
@@ -353,7 +384,11 @@ for body in "${BODIES[@]}"; do
     for case in baseline "${CASES[@]}"; do
         k="$case|$body"
         ratio=1.000
-        [[ $case != baseline ]] && ratio=$(calc "$(med R_RATIO "$k")" 3)
+        if [[ $case == *-ce ]]; then
+            ratio=- # events are held against plain requests, below
+        elif [[ $case != baseline ]]; then
+            ratio=$(calc "$(med R_RATIO "$k")" 3)
+        fi
         printf '%-10s %-5s %10.1f %8s %9.2f %9.2f %10.1f %10s\n' "$case" "$body" \
             "$(med R_RPS "$k")" "$ratio" "$(med R_P50 "$k")" "$(med R_P99 "$k")" \
             "$(calc "$(max ${R_HWM[$k]}) / 1024" 1)" "$(med R_CPU "$k")"
@@ -362,6 +397,7 @@ done
 echo
 printf '%-10s %12s %12s\n' case 'idle RSS MiB' 'startup ms'
 for case in baseline "${CASES[@]}"; do
+    [[ $case == *-ce ]] && continue # the plain case's server
     printf '%-10s %12.1f %12.1f\n' "$case" "$(calc "$(med R_IDLE "$case") / 1024" 2)" "$(med R_STARTUP "$case")"
 done
 echo
@@ -374,9 +410,11 @@ if ((${#floors[@]})); then
     done
 fi
 for case in "${CASES[@]}"; do
-    [[ $case == *-ce && -n ${R_RATIO["${case%-ce}|13B"]:-} ]] || continue
+    [[ $case == *-ce ]] || continue
     for body in "${BODIES[@]}"; do
-        echo "cloudevent cost: $case / ${case%-ce} $body = $(calc "$(med R_RATIO "$case|$body") / $(med R_RATIO "${case%-ce}|$body")" 3)"
+        [[ -n ${R_EVENT_RATIO["$case|$body"]:-} ]] || continue
+        echo "events / plain requests, $case $body = $(calc "$(med R_EVENT_RATIO "$case|$body")" 3)" \
+            "(median over rounds; per round: $(echo ${R_EVENT_RATIO["$case|$body"]}))"
     done
 done
 echo "start-up, probed from Python (no shell fork per try):"
@@ -418,10 +456,10 @@ for body in "${BODIES[@]}"; do
     for spec in "http-rust 13B 0.70" "http-rust 1MiB 0.50" "http-python 13B 0.08" "http-proxy 13B 0.135" \
         "http-proxy 1MiB 0.405"; do
         read -r case b limit <<<"$spec"
-        [[ $b == "$body" ]] && have "$case|$body" || continue
+        [[ $b == "$body" && -n ${R_RATIO["$case|$body"]:-} ]] || continue
         target "$case $body / baseline" "$(calc "$(med R_RATIO "$case|$body")" 3)" ">=" "$limit"
     done
-    if have "framed-echo|$body"; then
+    if [[ -n ${R_RATIO["framed-echo|$body"]:-} ]]; then
         printf '  %-44s %9s  (a reference for http-rust, no target)\n' "framed-echo $body / baseline" \
             "$(calc "$(med R_RATIO "framed-echo|$body")" 3)"
     fi
@@ -432,8 +470,8 @@ for body in "${BODIES[@]}"; do
 done
 for case in classic-ce http-rust-ce framed-echo-ce; do
     for body in "${BODIES[@]}"; do
-        have "$case|$body" && have "${case%-ce}|$body" || continue
-        ratio=$(calc "$(med R_RATIO "$case|$body") / $(med R_RATIO "${case%-ce}|$body")" 3)
+        [[ -n ${R_EVENT_RATIO["$case|$body"]:-} ]] || continue
+        ratio=$(calc "$(med R_EVENT_RATIO "$case|$body")" 3)
         if [[ $case == framed-echo-ce ]]; then
             printf '  %-44s %9s  (a reference for http-rust-ce: hyper alone, no target)\n' "$case / ${case%-ce} $body" "$ratio"
         else
@@ -444,4 +482,6 @@ done
 echo "non-2xx responses: $TOTAL_NON2XX, socket errors: $TOTAL_SOCKERR, unexpected fwatchdog log lines: $LOG_ODD"
 echo "(rps, p50, p99, cpu: medians over runs; ratio: median over rounds of case rps / mean of the"
 echo " baseline runs before and after; peak: max VmHWM; cpu: the server's own utime+stime per request;"
-echo " startup: launch to first 200 on GET /_/health (baseline: GET /); idle RSS: VmRSS once ready)"
+echo " startup: launch to first 200 on GET /_/health (baseline: GET /); idle RSS: VmRSS once ready;"
+echo " events / plain requests: median over rounds of an event run's rps / mean of the plain runs either side"
+echo " of it, all on one server)"
