@@ -229,10 +229,10 @@ run() {
     stop_server
 }
 
-# measure CASE BODY: one wrk run against the server running (a `-ce` case sends binary-mode CloudEvents);
-# records its figures under CASE and sets LAST_RPS
+# measure CASE BODY [KEY]: one wrk run against the server running (a `-ce` case sends binary-mode CloudEvents);
+# records its figures under KEY (else CASE) and sets LAST_RPS
 measure() {
-    local case=$1 body=$2 out c0 c1
+    local case=$1 body=$2 key=${3:-$1} out c0 c1
     RUN_N=$((RUN_N + 1))
     out=$WORK/wrk-$RUN_N-$case-$body.txt
     local script=$BENCH/post.lua
@@ -272,7 +272,7 @@ measure() {
     ((sockerr == 0)) || warn "$case $body: $sockerr socket errors (see $out)"
     ((reqs > 0)) || warn "$case $body: no request completed"
 
-    local k="$case|$body"
+    local k="$key|$body"
     add R_RPS "$k" "$rps"
     add R_P50 "$k" "$p50"
     add R_P99 "$k" "$p99"
@@ -341,12 +341,14 @@ for body in "${BODIES[@]}"; do
         log "events: $case against $plain on one server, body $body"
         start_server "$plain"
         check_echo "$plain"
-        measure "$plain" "$body"
+        # The plain runs here are recorded apart (KEY `$case-plain`), so the plain case's own figures stay those
+        # of its runs between baselines.
+        measure "$plain" "$body" "$case-plain"
         before=$LAST_RPS
         for ((r = 1; r <= ROUNDS; r++)); do
             measure "$case" "$body"
             mid=$LAST_RPS
-            measure "$plain" "$body"
+            measure "$plain" "$body" "$case-plain"
             add R_EVENT_RATIO "$case|$body" "$(calc "$mid / (($before + $LAST_RPS) / 2)" 4)"
             before=$LAST_RPS
         done
