@@ -65,6 +65,7 @@ for case in "${CASES[@]}"; do
     kill -TERM "$SERVER"
     wait "$SERVER" 2>/dev/null || true
     SERVER=
+    port=$((port + 1))
     # The worker's callgrind writes its file as the worker exits, after the watchdog has stopped it.
     for _ in $(seq 100); do
         [[ -s $WORK/callgrind.$run ]] && grep -q '^totals:' "$WORK/callgrind.$run" && break
@@ -82,7 +83,6 @@ for case in "${CASES[@]}"; do
     # Start-up and shutdown are in the total too: about as much as ten requests.
     PER_REQUEST[$run]=$((total / requests))
     printf '%-8s %-6s %6d requests  %8d instructions per request\n' "$who" "$case" "$requests" "${PER_REQUEST[$run]}"
-    port=$((port + 1))
 done
 done
 for who in watchdog worker; do

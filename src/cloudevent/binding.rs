@@ -333,6 +333,11 @@ fn is_rfc3339(s: &str) -> bool {
     }
 }
 
+/// How many headers [`write_binary_headers`] usually adds: the four required attributes, a Content-Type, `time`
+/// and one extension. Maps that will receive them are made with this much room, as a map that grows is
+/// allocated and filled again.
+pub const USUAL_BINARY_HEADER_COUNT: usize = 7;
+
 /// Binary-mode headers for a reply event, handed to `out` as they are made (straight into a response's map):
 /// `ce-<name>` per attribute, percent-encoded, with `datacontenttype` as an unencoded `content-type`. The
 /// event's strings become the header values without a copy. Fails for a name that is not a lower-case header

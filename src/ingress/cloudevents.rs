@@ -69,7 +69,8 @@ impl DeliveryError {
 pub struct Reply {
     /// The event, defaults filled in.
     pub event: CloudEvent,
-    /// Response headers of the function to keep (e.g. `X-Duration-Seconds`), without its Content-Type.
+    /// Response headers of the function to keep (e.g. `X-Duration-Seconds`), without its Content-Type and
+    /// `ce-` headers: the event's attributes replace them.
     pub headers: HeaderMap,
     /// The data.
     pub data: ResponseBody,
@@ -407,7 +408,8 @@ pub fn binary_response(reply: Reply) -> Response<ResponseBody> {
     let mut response = Response::new(reply.data);
     *response.headers_mut() = reply.headers;
     let headers = response.headers_mut();
-    headers.reserve(5);
+    // Already there for a worker's answer (the framed backend makes room for an event's reply).
+    headers.reserve(cloudevent::USUAL_BINARY_HEADER_COUNT);
     // `append`: the function's own `ce-` headers and Content-Type are gone (`drop_ce_headers`), and each
     // attribute comes once, so there is nothing to replace.
     if let Err(error) = cloudevent::write_binary_headers(reply.event, |name, value| {

@@ -137,15 +137,12 @@ struct Exchange {
     header_room: usize,
 }
 
-/// The most headers a binary-mode reply event adds to a worker's response: the four required attributes and
-/// a `content-type`, plus `time` and one extension, the usual extras.
-const REPLY_EVENT_HEADERS: usize = 7;
-
 impl Exchange {
     /// Sends the request's head on a new stream and readies its body's pump.
     fn open(lease: Lease, invocation: Invocation, deadline: Option<Instant>, timeout: Option<Duration>) -> Exchange {
         let conn = Arc::clone(&lease.conn);
-        let header_room = if invocation.envelope.cloudevent().is_some() { REPLY_EVENT_HEADERS } else { 0 };
+        let header_room =
+            if invocation.envelope.cloudevent().is_some() { crate::cloudevent::USUAL_BINARY_HEADER_COUNT } else { 0 };
         let (id, shared) = conn.open(invocation.envelope);
         let guard = CancelOnDrop { conn: Arc::clone(&conn), id, armed: true };
         let pump = Box::pin(pump_body(Arc::clone(&conn), id, Arc::clone(&shared), invocation.body, invocation.limits));
