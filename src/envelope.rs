@@ -143,6 +143,13 @@ pub fn new_id() -> String {
     id
 }
 
+/// A fresh [`new_id`] as a header value.
+pub fn new_id_header() -> ::http::HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    ::http::HeaderValue::from_str(id).expect("a UUID is a valid header value")
+}
+
 /// Replaces `id` with a fresh [`new_id`], in the string's own buffer.
 fn write_new_id(id: &mut String) {
     let mut buf = uuid::Uuid::encode_buffer();

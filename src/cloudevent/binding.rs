@@ -361,9 +361,7 @@ pub fn write_binary_headers(
     for (name, value) in event.attributes {
         let value = owned_text(value);
         if name == "datacontenttype" {
-            let value = HeaderValue::from_maybe_shared(Bytes::from(value))
-                .map_err(|_| BindingError::invalid(name, "cannot be sent as a Content-Type header"))?;
-            out(CONTENT_TYPE, value);
+            out(CONTENT_TYPE, content_type_value(value)?);
             continue;
         }
         let header = format!("ce-{name}");
@@ -387,9 +385,15 @@ fn owned_text(value: CloudEventAttributeValue) -> String {
     }
 }
 
+/// The Content-Type header of a `datacontenttype`; it is not percent-encoded, so it may not fit.
+pub fn content_type_value(text: String) -> Result<HeaderValue, BindingError> {
+    HeaderValue::from_maybe_shared(Bytes::from(text))
+        .map_err(|_| BindingError::invalid("datacontenttype", "cannot be sent as a Content-Type header"))
+}
+
 /// A header value for attribute `name`: the text itself when nothing in it needs an escape, which is the
 /// common case, else its percent-encoding.
-fn encoded_value(name: &str, text: String) -> Result<HeaderValue, BindingError> {
+pub fn encoded_value(name: &str, text: String) -> Result<HeaderValue, BindingError> {
     // A fold, not `all`: without the early exit the compiler checks many bytes at a time.
     let plain = !text.bytes().fold(false, |escape, b| escape | needs_escape(b));
     let text = if plain { text } else { percent_encode(&text) };

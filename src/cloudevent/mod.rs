@@ -4,7 +4,10 @@
 mod binding;
 mod json;
 
-pub use binding::{detect, from_binary, validate, write_binary_headers, BindingError, Mode, USUAL_BINARY_HEADER_COUNT};
+pub use binding::{
+    content_type_value, detect, encoded_value, from_binary, validate, write_binary_headers, BindingError, Mode,
+    USUAL_BINARY_HEADER_COUNT,
+};
 pub use json::{from_batch, from_structured, to_batch_json, to_structured_json, Parsed};
 
 pub(crate) use crate::envelope::pb::io::cloudevents::v1::cloud_event::cloud_event_attribute_value::Attr;

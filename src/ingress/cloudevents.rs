@@ -121,12 +121,7 @@ fn binary(
         return Ok(Box::pin(async move { answer.await.unwrap_or_else(|e| DeliveryError::from(e).into_response()) }));
     }
     let delivery = deliver(ingress, envelope, event, body, parts, Transport::Http);
-    Ok(Box::pin(async move {
-        match delivery.finish().await {
-            Ok(reply) => reply.map(binary_response).unwrap_or_else(accepted),
-            Err(error) => error.into_response(),
-        }
-    }))
+    Ok(Box::pin(delivery.answer_in_binary_mode()))
 }
 
 async fn structured(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<ResponseBody>, DeliveryError> {
@@ -136,8 +131,9 @@ async fn structured(ingress: &Ingress, req: Request<Incoming>) -> Result<Respons
         return proxy_whole(ingress, parts, whole).await;
     }
     let envelope = event_envelope(&parts, &event, data.len(), ingress.backend.timeout())?;
-    let reply = deliver(ingress, envelope, event, body::request_from(data), parts, Transport::Http).finish().await?;
-    Ok(reply.map(binary_response).unwrap_or_else(accepted))
+    Ok(deliver(ingress, envelope, event, body::request_from(data), parts, Transport::Http)
+        .answer_in_binary_mode()
+        .await)
 }
 
 async fn batch(ingress: &Ingress, req: Request<Incoming>) -> Result<Response<ResponseBody>, DeliveryError> {
@@ -265,18 +261,14 @@ pub fn deliver(
         Transport::Grpc(timeout) => (timeout, true),
     };
     let invocation = Invocation { envelope, body, limits, head, timeout, stop_when_abandoned };
-    Delivery {
-        answer: ingress.backend.invoke(invocation),
-        rules: ReplyRules { config: Arc::clone(&ingress.config), fork: matches!(ingress.backend, Backend::Fork(_)) },
-        request,
-    }
+    Delivery { answer: ingress.backend.invoke(invocation), rules: Arc::clone(&ingress.reply_rules), request }
 }
 
 /// One event on its way through the function.
 pub struct Delivery {
     /// The function's answer, to come.
     answer: BoxFuture<'static, Result<Response<ResponseBody>, InvokeError>>,
-    rules: ReplyRules,
+    rules: Arc<ReplyRules>,
     request: RequestFacts,
 }
 
@@ -286,13 +278,55 @@ impl Delivery {
         let response = self.answer.await?;
         self.rules.reply_from(self.request, response)
     }
+
+    /// The HTTP answer: the reply event in binary mode (200), 202 without one, or the failure's status.
+    pub async fn answer_in_binary_mode(self) -> Response<ResponseBody> {
+        let answer = match self.answer.await {
+            Ok(response) => self.rules.binary_answer(self.request, response),
+            Err(error) => Err(error.into()),
+        };
+        answer.unwrap_or_else(DeliveryError::into_response)
+    }
 }
 
-/// What the reply rules depend on besides the answer itself.
-struct ReplyRules {
+/// The reply rules of SPEC §6 and the settings they use, worked out once per watchdog.
+pub struct ReplyRules {
+    /// `ce_reply_source`, `ce_reply_type` and `content_type` are the reply defaults.
     config: Arc<Config>,
     /// Whether the function is forked per request (its output is its whole answer).
     fork: bool,
+    /// The configured defaults as header values, when each can be sent as it is; `None` sends every reply
+    /// through the general path, which reports what is wrong with them.
+    default_headers: Option<DefaultHeaders>,
+}
+
+/// Header values of the configured reply defaults, ready for a reply that is made of defaults only.
+struct DefaultHeaders {
+    /// `ce-source`: `ce_reply_source`, percent-encoded.
+    source: HeaderValue,
+    /// `ce-type` when `ce_reply_type` is set.
+    r#type: Option<HeaderValue>,
+    /// A forked function's Content-Type, when `content_type` is set.
+    content_type: Option<HeaderValue>,
+}
+
+impl DefaultHeaders {
+    /// `None` when a configured default is empty or cannot be a header value: such a reply is invalid, and the
+    /// general path says why.
+    fn of(config: &Config) -> Option<DefaultHeaders> {
+        let attribute = |name, text: &str| {
+            (!text.is_empty()).then(|| cloudevent::encoded_value(name, text.to_string()).ok()).flatten()
+        };
+        let content_type = match &config.content_type {
+            Some(text) => Some(cloudevent::content_type_value(text.clone()).ok().filter(|v| !v.is_empty())?),
+            None => None,
+        };
+        let r#type = match &config.ce_reply_type {
+            Some(text) => Some(attribute("type", text)?),
+            None => None,
+        };
+        Some(DefaultHeaders { source: attribute("source", &config.ce_reply_source)?, r#type, content_type })
+    }
 }
 
 /// Whether an event's envelope keeps the header `name`: a worker has the attributes in the event; only a forked
@@ -303,8 +337,8 @@ fn keeps_header(backend: &Backend, name: &str) -> bool {
 
 /// What the reply defaults need from the request event, so the event itself can move into the envelope.
 struct RequestFacts {
-    /// The reply's default `type`: `ce_reply_type`, else the request's type + `.reply`.
-    reply_type: String,
+    /// The reply's default `type` when `ce_reply_type` is not set: the request's type + `.reply`.
+    reply_type: Option<String>,
     /// Its `specversion` (validated, so one of the two supported).
     spec_version: &'static str,
     /// Its `datacontenttype`, if any.
@@ -313,10 +347,7 @@ struct RequestFacts {
 
 impl RequestFacts {
     fn of(ingress: &Ingress, event: &CloudEvent) -> RequestFacts {
-        let reply_type = match &ingress.config.ce_reply_type {
-            Some(configured) => configured.clone(),
-            None => [event.r#type.as_str(), ".reply"].concat(),
-        };
+        let reply_type = ingress.config.ce_reply_type.is_none().then(|| [event.r#type.as_str(), ".reply"].concat());
         RequestFacts {
             reply_type,
             spec_version: if event.spec_version == "0.3" { "0.3" } else { "1.0" },
@@ -326,6 +357,58 @@ impl RequestFacts {
 }
 
 impl ReplyRules {
+    /// The rules for `backend` under `config`.
+    pub fn new(config: Arc<Config>, backend: &Backend) -> ReplyRules {
+        let default_headers = DefaultHeaders::of(&config);
+        ReplyRules { config, fork: matches!(backend, Backend::Fork(_)), default_headers }
+    }
+
+    /// [`Self::reply_from`] answered in binary mode. A reply that is made of defaults only (the function sent
+    /// no event of its own, the usual case) goes straight to headers, without the event in between: its
+    /// values are valid by construction, so there is nothing to validate.
+    fn binary_answer(
+        &self,
+        request: RequestFacts,
+        response: Response<ResponseBody>,
+    ) -> Result<Response<ResponseBody>, DeliveryError> {
+        let defaults_only = response.status().is_success() && response.extensions().get::<ReplyEvent>().is_none();
+        let (Some(defaults), true) = (&self.default_headers, defaults_only) else {
+            return Ok(self.reply_from(request, response)?.map(binary_response).unwrap_or_else(accepted));
+        };
+        let (mut parts, data) = response.into_parts();
+        if self.accepted_without_reply(parts.status, &data) {
+            return Ok(accepted());
+        }
+        let content_type = match parts.headers.remove(header::CONTENT_TYPE) {
+            // The function's own Content-Type, when it is one fill_defaults would take.
+            Some(own) if !self.fork && own.to_str().is_ok_and(|t| !t.is_empty()) => Some(own),
+            _ if self.fork && defaults.content_type.is_some() => defaults.content_type.clone(),
+            _ => match request.datacontenttype {
+                Some(text) => Some(cloudevent::content_type_value(text).map_err(DeliveryError::BadReply)?),
+                None => None,
+            },
+        };
+        // Made from the request only when ce_reply_type is not set (so defaults.r#type is None).
+        let r#type = match (request.reply_type, &defaults.r#type) {
+            (Some(text), _) => cloudevent::encoded_value("type", text).map_err(DeliveryError::BadReply)?,
+            (None, configured) => configured.clone().unwrap_or(HeaderValue::from_static("")),
+        };
+        drop_ce_headers(&mut parts.headers);
+        let mut response = Response::new(data);
+        let headers = response.headers_mut();
+        *headers = parts.headers;
+        headers.reserve(cloudevent::USUAL_BINARY_HEADER_COUNT);
+        // The order write_binary_headers gives: required attributes, then datacontenttype as Content-Type.
+        headers.append(SPEC_VERSION, HeaderValue::from_static(request.spec_version));
+        headers.append(ID, envelope::new_id_header());
+        headers.append(SOURCE, defaults.source.clone());
+        headers.append(TYPE, r#type);
+        if let Some(content_type) = content_type {
+            headers.append(header::CONTENT_TYPE, content_type);
+        }
+        Ok(response)
+    }
+
     /// The reply rules of SPEC §6 applied to the function's answer.
     fn reply_from(
         &self,
@@ -359,7 +442,10 @@ impl ReplyRules {
             event.source = config.ce_reply_source.clone();
         }
         if event.r#type.is_empty() {
-            event.r#type = request.reply_type;
+            event.r#type = match request.reply_type {
+                Some(text) => text,
+                None => config.ce_reply_type.clone().unwrap_or_default(),
+            };
         }
         if event.spec_version.is_empty() {
             event.spec_version = request.spec_version.to_string();
@@ -420,6 +506,11 @@ pub fn binary_response(reply: Reply) -> Response<ResponseBody> {
     response
 }
 
+const SPEC_VERSION: HeaderName = HeaderName::from_static("ce-specversion");
+const ID: HeaderName = HeaderName::from_static("ce-id");
+const SOURCE: HeaderName = HeaderName::from_static("ce-source");
+const TYPE: HeaderName = HeaderName::from_static("ce-type");
+
 /// 202: the event was accepted and there is no reply.
 fn accepted() -> Response<ResponseBody> {
     Response::builder().status(StatusCode::ACCEPTED).body(body::empty()).expect("valid response")
@@ -433,5 +524,93 @@ fn drop_ce_headers(headers: &mut HeaderMap) {
     let names: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().starts_with("ce-")).cloned().collect();
     for name in names {
         headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(pairs: &[(&str, &str)], fork: bool) -> ReplyRules {
+        let pairs = [("fprocess", "cat")].into_iter().chain(pairs.iter().copied());
+        let config = Arc::new(Config::from_pairs(pairs).expect("valid config"));
+        let default_headers = DefaultHeaders::of(&config);
+        ReplyRules { config, fork, default_headers }
+    }
+
+    fn facts(rules: &ReplyRules, datacontenttype: Option<&str>, spec_version: &'static str) -> RequestFacts {
+        let reply_type = rules.config.ce_reply_type.is_none().then(|| "com.example.order.reply".to_string());
+        RequestFacts { reply_type, spec_version, datacontenttype: datacontenttype.map(String::from) }
+    }
+
+    fn answer(status: u16, content_type: Option<&[u8]>, body: &'static str) -> Response<ResponseBody> {
+        let data = if body.is_empty() { body::empty() } else { body::full(body) };
+        let mut response = Response::new(data);
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        let headers = response.headers_mut();
+        headers.insert("x-duration-seconds", HeaderValue::from_static("0.001"));
+        headers.insert("ce-stale", HeaderValue::from_static("from the function"));
+        if let Some(content_type) = content_type {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_bytes(content_type).unwrap());
+        }
+        response
+    }
+
+    /// Status and headers in order, with the random `ce-id` checked and blanked.
+    fn seen(response: &Response<ResponseBody>) -> (StatusCode, Vec<(String, Vec<u8>)>) {
+        let headers = response.headers().iter().map(|(name, value)| {
+            let value = if name == "ce-id" {
+                assert!(uuid::Uuid::try_parse_ascii(value.as_bytes()).is_ok(), "ce-id {value:?}");
+                b"<uuid>".to_vec()
+            } else {
+                value.as_bytes().to_vec()
+            };
+            (name.to_string(), value)
+        });
+        (response.status(), headers.collect())
+    }
+
+    #[test]
+    fn replies_made_of_defaults_only_are_what_the_general_path_makes() {
+        let configs: [&[(&str, &str)]; 4] = [
+            &[],
+            &[("ce_reply_type", "my.reply"), ("ce_reply_source", "/über source")],
+            &[("content_type", "text/plain")],
+            &[("content_type", "text/\u{1}plain")],
+        ];
+        for config in configs {
+            for fork in [false, true] {
+                let rules = rules(config, fork);
+                for content_type in [None, Some(&b"application/json"[..]), Some(b""), Some(b"\xff")] {
+                    for datacontenttype in [None, Some("text/x"), Some("bad\nvalue")] {
+                        for (status, body) in [(200, "data"), (201, "data"), (202, ""), (200, ""), (500, "failed")] {
+                            let case = format!(
+                                "{config:?} fork {fork} Content-Type {content_type:?} request {datacontenttype:?} {status}"
+                            );
+                            let general = rules
+                                .reply_from(facts(&rules, datacontenttype, "0.3"), answer(status, content_type, body))
+                                .map(|reply| reply.map(binary_response).unwrap_or_else(accepted))
+                                .unwrap_or_else(DeliveryError::into_response);
+                            let direct = rules
+                                .binary_answer(
+                                    facts(&rules, datacontenttype, "0.3"),
+                                    answer(status, content_type, body),
+                                )
+                                .unwrap_or_else(DeliveryError::into_response);
+                            assert_eq!(seen(&direct), seen(&general), "{case}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_unusable_defaults_send_replies_through_the_general_path() {
+        assert!(rules(&[], false).default_headers.is_some());
+        assert!(rules(&[("ce_reply_type", "t"), ("content_type", "text/plain")], true).default_headers.is_some());
+        // Empty settings are unset (the defaults apply); a control character cannot be sent.
+        assert!(rules(&[("ce_reply_source", ""), ("ce_reply_type", "")], false).default_headers.is_some());
+        assert!(rules(&[("content_type", "text/\u{1}plain")], true).default_headers.is_none());
     }
 }

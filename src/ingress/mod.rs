@@ -32,6 +32,8 @@ pub struct Ingress {
     metrics: Arc<Metrics>,
     limiter: ConcurrencyLimiter,
     grpc: grpc::GrpcState,
+    /// What replies to CloudEvents are made of.
+    reply_rules: Arc<cloudevents::ReplyRules>,
 }
 
 impl Ingress {
@@ -39,7 +41,8 @@ impl Ingress {
     pub fn new(config: Arc<Config>, lifecycle: Arc<Lifecycle>, backend: Backend, metrics: Arc<Metrics>) -> Ingress {
         let limiter = ConcurrencyLimiter::new(config.max_inflight);
         let grpc = grpc::GrpcState::new(&config);
-        Ingress { config, lifecycle, backend, metrics, limiter, grpc }
+        let reply_rules = Arc::new(cloudevents::ReplyRules::new(Arc::clone(&config), &backend));
+        Ingress { config, lifecycle, backend, metrics, limiter, grpc, reply_rules }
     }
 
     /// The limits on reading a request body, starting now.
