@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime};
 use http::request::Parts;
 use http::HeaderMap;
 
+use pb::io::cloudevents::v1::CloudEvent;
+
 /// Generated protobuf types, laid out by package so the generated cross-package paths resolve.
 pub mod pb {
     /// `io.cloudevents.*`
@@ -171,18 +173,33 @@ const SPARE_MAX_ENCODED: usize = 4096;
 
 thread_local! {
     static SPARE: std::cell::RefCell<Vec<Envelope>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The events of recycled envelopes, for the next binary-mode event to be decoded into.
+    static SPARE_EVENTS: std::cell::RefCell<Vec<CloudEvent>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn spare_envelope() -> Envelope {
     SPARE.with(|spare| spare.borrow_mut().pop()).unwrap_or_default()
 }
 
+/// An event from a recycled envelope (else a new one), for [`crate::cloudevent::from_binary_reusing`].
+pub fn spare_event() -> CloudEvent {
+    SPARE_EVENTS.with(|spare| spare.borrow_mut().pop()).unwrap_or_default()
+}
+
 /// Gives an envelope that is done with (encoded for a worker) back for the next request on this thread to
 /// build its own in. `encoded_len` is what it encoded to: a large one is dropped instead, so the buffers kept
 /// stay small.
-pub fn recycle(envelope: Envelope, encoded_len: usize) {
+pub fn recycle(mut envelope: Envelope, encoded_len: usize) {
     if envelope.headers.len() > SPARE_MAX_HEADERS || encoded_len > SPARE_MAX_ENCODED {
         return;
+    }
+    if let Some(Kind::Cloudevent(event)) = envelope.kind.take() {
+        SPARE_EVENTS.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_LIMIT {
+                spare.push(event);
+            }
+        });
     }
     SPARE.with(|spare| {
         let mut spare = spare.borrow_mut();
@@ -397,13 +414,16 @@ mod tests {
             .body(())
             .unwrap();
         let earlier = from_http(&parts(earlier), -1, Some(Duration::from_secs(5))).unwrap();
-        let event = pb::io::cloudevents::v1::CloudEvent { id: "e".into(), ..Default::default() };
-        recycle(earlier.into_kind(Kind::Cloudevent(event)), 100);
+        let event = CloudEvent { id: "e".into(), ..Default::default() };
+        recycle(earlier.into_kind(Kind::Cloudevent(event.clone())), 100);
         let spares = || SPARE.with(|spare| spare.borrow().len());
         assert_eq!(spares(), 1);
         let rebuilt = from_http(&minimal(), 0, None).unwrap();
         assert_eq!(spares(), 0, "the recycled envelope was not used");
         assert_eq!(rebuilt, fresh);
+        // Its event is kept apart, for the next binary-mode event to be decoded into.
+        assert_eq!(spare_event(), event);
+        assert_eq!(spare_event(), CloudEvent::default(), "one event was recycled");
     }
 
     #[test]

@@ -120,7 +120,19 @@ fn check_format(rest: &str) -> Result<(), BindingError> {
 ///
 /// A `ce-*` header sent more than once is a 400: which copy is meant cannot be known.
 pub fn from_binary(headers: &HeaderMap) -> Result<CloudEvent, BindingError> {
-    let mut event = CloudEvent::default();
+    from_binary_reusing(headers, CloudEvent::default())
+}
+
+/// [`from_binary`] built in `spare`, an event done with: every field is overwritten, and the required
+/// attributes are decoded into its strings' buffers instead of new ones.
+pub fn from_binary_reusing(headers: &HeaderMap, mut event: CloudEvent) -> Result<CloudEvent, BindingError> {
+    // Naming every field makes one added to the protocol a compile error until it is reset here too.
+    let CloudEvent { id, source, spec_version, r#type, attributes, data } = &mut event;
+    for text in [id, source, spec_version, r#type] {
+        text.clear();
+    }
+    attributes.clear();
+    *data = None;
     // One pass over the headers, no lookup by name: a name's values come in a row, so a second one shows as the
     // next pair having the same name.
     let mut pairs = headers.iter().peekable();
@@ -136,9 +148,19 @@ pub fn from_binary(headers: &HeaderMap) -> Result<CloudEvent, BindingError> {
         if pairs.peek().is_some_and(|(next, _)| *next == name) {
             return Err(BindingError::invalid(attribute, "is sent in more than one header"));
         }
-        let text = percent_decode(value.as_bytes())
-            .map_err(|_| BindingError::invalid(attribute, "is not UTF-8 once percent-decoded"))?;
-        set_attribute(&mut event, attribute, text);
+        let not_utf8 = |_| BindingError::invalid(attribute, "is not UTF-8 once percent-decoded");
+        let required = match attribute {
+            "specversion" => &mut event.spec_version,
+            "id" => &mut event.id,
+            "source" => &mut event.source,
+            "type" => &mut event.r#type,
+            _ => {
+                let text = percent_decode(value.as_bytes()).map_err(|e| not_utf8(e.utf8_error()))?;
+                event.attributes.insert(attribute.to_string(), string_value(text));
+                continue;
+            }
+        };
+        percent_decode_into(value.as_bytes(), required).map_err(not_utf8)?;
     }
     // An empty Content-Type says no more than none at all.
     if let Some(value) = headers.get(CONTENT_TYPE).filter(|v| !v.as_bytes().trim_ascii().is_empty()) {
@@ -170,6 +192,24 @@ fn percent_decode(value: &[u8]) -> Result<String, std::string::FromUtf8Error> {
         return String::from_utf8(value.to_vec());
     }
     let mut out = Vec::with_capacity(value.len());
+    decode_escapes(value, &mut out);
+    String::from_utf8(out)
+}
+
+/// [`percent_decode`] into `out`, an empty string whose buffer is reused.
+fn percent_decode_into(value: &[u8], out: &mut String) -> Result<(), std::str::Utf8Error> {
+    if !value.contains(&b'%') {
+        out.push_str(std::str::from_utf8(value)?);
+        return Ok(());
+    }
+    let mut bytes = std::mem::take(out).into_bytes();
+    decode_escapes(value, &mut bytes);
+    *out = String::from_utf8(bytes).map_err(|e| e.utf8_error())?;
+    Ok(())
+}
+
+/// Appends `value` to `out` with each valid `%XX` decoded.
+fn decode_escapes(value: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < value.len() {
         let escaped = match value.get(i..i + 3) {
@@ -187,7 +227,6 @@ fn percent_decode(value: &[u8]) -> Result<String, std::string::FromUtf8Error> {
             }
         }
     }
-    String::from_utf8(out)
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
@@ -503,6 +542,38 @@ mod tests {
         assert_eq!(err.to_string(), "unsupported CloudEvents format \"xml\" (only json is supported)");
         let err = detect(&post, &headers(&[("content-type", b"application/cloudevents")])).unwrap_err();
         assert!(err.to_string().contains("no +format"), "{err}");
+    }
+
+    #[test]
+    fn an_event_decoded_into_a_spare_one_is_what_a_fresh_decode_gives() {
+        let spare = || {
+            let mut event = CloudEvent {
+                id: "an old id that is longer".into(),
+                source: "/old%source".into(),
+                spec_version: "0.3".into(),
+                r#type: "old.type".into(),
+                data: Some(crate::envelope::pb::io::cloudevents::v1::cloud_event::Data::TextData("x".into())),
+                ..Default::default()
+            };
+            event.attributes.insert("oldext".into(), string_value("stale"));
+            event
+        };
+        let cases: [&[(&str, &[u8])]; 5] = [
+            &[("ce-specversion", b"1.0"), ("ce-id", b"1"), ("ce-source", b"/s"), ("ce-type", b"t")],
+            // Escapes decoded into the reused buffers, and raw UTF-8 kept.
+            &[("ce-specversion", b"1.0"), ("ce-id", b"a%20b"), ("ce-source", "/€%2F".as_bytes()), ("ce-type", b"t")],
+            // Missing attributes are missing, not left over from the spare event.
+            &[("ce-specversion", b"1.0"), ("ce-source", b"/s"), ("ce-type", b"t")],
+            &[("ce-specversion", b"1.0"), ("ce-id", b"%FF"), ("ce-source", b"/s"), ("ce-type", b"t")],
+            &[("ce-specversion", b"1.0"), ("ce-id", b"\xff"), ("ce-source", b"/s"), ("ce-type", b"t"), ("ce-x", b"1")],
+        ];
+        for case in cases {
+            let map = headers(case);
+            let fresh = from_binary(&map).map_err(|e| e.to_string());
+            assert_eq!(from_binary_reusing(&map, spare()).map_err(|e| e.to_string()), fresh, "{case:?}");
+        }
+        let event = from_binary_reusing(&headers(cases[1]), spare()).unwrap();
+        assert_eq!((event.id.as_str(), event.source.as_str()), ("a b", "/€/"));
     }
 
     #[test]

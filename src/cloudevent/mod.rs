@@ -5,8 +5,8 @@ mod binding;
 mod json;
 
 pub use binding::{
-    content_type_value, detect, encoded_value, from_binary, validate, write_binary_headers, BindingError, Mode,
-    USUAL_BINARY_HEADER_COUNT,
+    content_type_value, detect, encoded_value, from_binary, from_binary_reusing, validate, write_binary_headers,
+    BindingError, Mode, USUAL_BINARY_HEADER_COUNT,
 };
 pub use json::{from_batch, from_structured, to_batch_json, to_structured_json, Parsed};
 

@@ -104,7 +104,7 @@ fn binary(
     ingress: &Ingress,
     req: Request<Incoming>,
 ) -> Result<BoxFuture<'static, Response<ResponseBody>>, DeliveryError> {
-    let event = cloudevent::from_binary(req.headers())?;
+    let event = cloudevent::from_binary_reusing(req.headers(), envelope::spare_event())?;
     let (parts, body) = req.into_parts();
     let content_length = super::http::declared_length(&parts, &body);
     let max = ingress.config.max_body_bytes;
