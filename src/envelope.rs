@@ -193,13 +193,15 @@ pub fn recycle(mut envelope: Envelope, encoded_len: usize) {
     if envelope.headers.len() > SPARE_MAX_HEADERS || encoded_len > SPARE_MAX_ENCODED {
         return;
     }
-    if let Some(Kind::Cloudevent(event)) = envelope.kind.take() {
-        SPARE_EVENTS.with(|spare| {
+    match envelope.kind.take() {
+        Some(Kind::Cloudevent(event)) => SPARE_EVENTS.with(|spare| {
             let mut spare = spare.borrow_mut();
             if spare.len() < SPARE_LIMIT {
                 spare.push(event);
             }
-        });
+        }),
+        // A plain request's HttpRequest is reused by the next envelope built.
+        other => envelope.kind = other,
     }
     SPARE.with(|spare| {
         let mut spare = spare.borrow_mut();
@@ -424,6 +426,16 @@ mod tests {
         // Its event is kept apart, for the next binary-mode event to be decoded into.
         assert_eq!(spare_event(), event);
         assert_eq!(spare_event(), CloudEvent::default(), "one event was recycled");
+    }
+
+    #[test]
+    fn a_recycled_envelope_lends_its_buffers() {
+        let request = || parts(http::Request::get("http://example.com/a?q=1").body(()).unwrap());
+        let envelope = from_http(&request(), 0, None).unwrap();
+        let host = envelope.http().unwrap().host.as_ptr();
+        recycle(envelope, 100);
+        let rebuilt = from_http(&request(), 0, None).unwrap();
+        assert_eq!(rebuilt.http().unwrap().host.as_ptr(), host, "the HTTP request's strings were not reused");
     }
 
     #[test]
