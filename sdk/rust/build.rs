@@ -7,9 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(files, [ROOT])?;
     // Every `bytes` field as `bytes::Bytes`: Data payloads decode as zero-copy slices of the read buffer.
     // The two heads boxed: a frame is as large as its largest kind, and most frames are small Data, End and
-    // WindowUpdate frames moved several times on their way.
+    // WindowUpdate frames moved several times on their way. Maps (a CloudEvent's attributes) as BTreeMap, as in
+    // the watchdog: no name hashed as it is decoded.
     prost_build::Config::new()
         .bytes(["."])
+        .btree_map(["."])
         .boxed(".watchdog.v1.Frame.kind.request_head")
         .boxed(".watchdog.v1.Frame.kind.response_head")
         .compile_fds(descriptors)?;
