@@ -147,15 +147,18 @@ pub fn new_id() -> String {
 
 /// A fresh [`new_id`] as a header value.
 pub fn new_id_header() -> ::http::HeaderValue {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    ::http::HeaderValue::from_str(id).expect("a UUID is a valid header value")
+    with_new_id(|id| ::http::HeaderValue::from_str(id).expect("a UUID is a valid header value"))
 }
 
 /// Replaces `id` with a fresh [`new_id`], in the string's own buffer.
 fn write_new_id(id: &mut String) {
+    with_new_id(|new| overwrite(id, new));
+}
+
+/// Hands a fresh random UUID, formatted on the stack, to `use_id`.
+fn with_new_id<R>(use_id: impl FnOnce(&str) -> R) -> R {
     let mut buf = uuid::Uuid::encode_buffer();
-    overwrite(id, uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf));
+    use_id(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
 }
 
 /// Sets a string, reusing its buffer.
@@ -164,7 +167,7 @@ fn overwrite(field: &mut String, value: &str) {
     field.push_str(value);
 }
 
-/// Envelopes kept per thread for reuse; more would only hold memory.
+/// Envelopes, and events, kept per thread for reuse; more would only hold memory.
 const SPARE_LIMIT: usize = 64;
 /// Envelopes with more headers than this are not kept, so one request's huge headers are not held for long.
 const SPARE_MAX_HEADERS: usize = 32;
@@ -194,19 +197,19 @@ pub fn recycle(mut envelope: Envelope, encoded_len: usize) {
         return;
     }
     match envelope.kind.take() {
-        Some(Kind::Cloudevent(event)) => SPARE_EVENTS.with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < SPARE_LIMIT {
-                spare.push(event);
-            }
-        }),
+        Some(Kind::Cloudevent(event)) => keep(&SPARE_EVENTS, event),
         // A plain request's HttpRequest is reused by the next envelope built.
         other => envelope.kind = other,
     }
-    SPARE.with(|spare| {
+    keep(&SPARE, envelope);
+}
+
+/// Adds `item` to a pool of spares unless it is full.
+fn keep<T>(pool: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>, item: T) {
+    pool.with(|spare| {
         let mut spare = spare.borrow_mut();
         if spare.len() < SPARE_LIMIT {
-            spare.push(envelope);
+            spare.push(item);
         }
     });
 }
