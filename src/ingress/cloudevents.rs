@@ -335,10 +335,22 @@ fn keeps_header(backend: &Backend, name: &str) -> bool {
     matches!(backend, Backend::Fork(_)) || !name.starts_with("ce-")
 }
 
+/// Where a reply's `datacontenttype` comes from ([`ReplyRules::reply_content_type`]).
+enum ReplyContentType {
+    /// The http-mode function's own Content-Type.
+    Function(HeaderValue),
+    /// `content_type`, for a forked function.
+    Configured,
+    /// The request's `datacontenttype`.
+    Request(String),
+    /// Nowhere: the reply has none.
+    None,
+}
+
 /// What the reply defaults need from the request event, so the event itself can move into the envelope.
 struct RequestFacts {
-    /// The reply's default `type` when `ce_reply_type` is not set: the request's type + `.reply`.
-    reply_type: Option<String>,
+    /// The reply's default `type`: `ce_reply_type`, else the request's type + `.reply`.
+    reply_type: String,
     /// Its `specversion` (validated, so one of the two supported).
     spec_version: &'static str,
     /// Its `datacontenttype`, if any.
@@ -347,7 +359,10 @@ struct RequestFacts {
 
 impl RequestFacts {
     fn of(ingress: &Ingress, event: &CloudEvent) -> RequestFacts {
-        let reply_type = ingress.config.ce_reply_type.is_none().then(|| [event.r#type.as_str(), ".reply"].concat());
+        let reply_type = match &ingress.config.ce_reply_type {
+            Some(configured) => configured.clone(),
+            None => [event.r#type.as_str(), ".reply"].concat(),
+        };
         RequestFacts {
             reply_type,
             spec_version: if event.spec_version == "0.3" { "0.3" } else { "1.0" },
@@ -379,19 +394,18 @@ impl ReplyRules {
         if self.accepted_without_reply(parts.status, &data) {
             return Ok(accepted());
         }
-        let content_type = match parts.headers.remove(header::CONTENT_TYPE) {
-            // The function's own Content-Type, when it is one fill_defaults would take.
-            Some(own) if !self.fork && own.to_str().is_ok_and(|t| !t.is_empty()) => Some(own),
-            _ if self.fork && defaults.content_type.is_some() => defaults.content_type.clone(),
-            _ => match request.datacontenttype {
-                Some(text) => Some(cloudevent::content_type_value(text).map_err(DeliveryError::BadReply)?),
-                None => None,
-            },
+        let own = parts.headers.remove(header::CONTENT_TYPE);
+        let content_type = match self.reply_content_type(own, request.datacontenttype) {
+            ReplyContentType::Function(own) => Some(own),
+            ReplyContentType::Configured => defaults.content_type.clone(),
+            ReplyContentType::Request(text) => {
+                Some(cloudevent::content_type_value(text).map_err(DeliveryError::BadReply)?)
+            }
+            ReplyContentType::None => None,
         };
-        // Made from the request only when ce_reply_type is not set (so defaults.r#type is None).
-        let r#type = match (request.reply_type, &defaults.r#type) {
-            (Some(text), _) => cloudevent::encoded_value("type", text).map_err(DeliveryError::BadReply)?,
-            (None, configured) => configured.clone().unwrap_or(HeaderValue::from_static("")),
+        let r#type = match &defaults.r#type {
+            Some(configured) => configured.clone(),
+            None => cloudevent::encoded_value("type", request.reply_type).map_err(DeliveryError::BadReply)?,
         };
         drop_ce_headers(&mut parts.headers);
         let mut response = Response::new(data);
@@ -442,10 +456,7 @@ impl ReplyRules {
             event.source = config.ce_reply_source.clone();
         }
         if event.r#type.is_empty() {
-            event.r#type = match request.reply_type {
-                Some(text) => text,
-                None => config.ce_reply_type.clone().unwrap_or_default(),
-            };
+            event.r#type = request.reply_type;
         }
         if event.spec_version.is_empty() {
             event.spec_version = request.spec_version.to_string();
@@ -453,17 +464,27 @@ impl ReplyRules {
         if event.attributes.contains_key("datacontenttype") {
             return;
         }
-        // A fork function's Content-Type is the watchdog's guess (`content_type`); an http-mode function's is its
-        // own choice. Either way the request's datacontenttype is the fallback.
-        let chosen = if self.fork {
-            config.content_type.clone().or(request.datacontenttype)
-        } else {
-            content_type
-                .and_then(|v| v.to_str().ok().filter(|t| !t.is_empty()).map(String::from))
-                .or(request.datacontenttype)
+        let chosen = match self.reply_content_type(content_type, request.datacontenttype) {
+            ReplyContentType::Function(own) => own.to_str().ok().map(String::from),
+            ReplyContentType::Configured => config.content_type.clone(),
+            ReplyContentType::Request(text) => Some(text),
+            ReplyContentType::None => None,
         };
         if let Some(ct) = chosen {
             event.attributes.insert("datacontenttype".into(), cloudevent::string_value(ct));
+        }
+    }
+
+    /// Where a reply's `datacontenttype` comes from, given the function's Content-Type and the request's
+    /// `datacontenttype`. A fork function's Content-Type is the watchdog's guess (`content_type` overrides it);
+    /// an http-mode function's is its own choice. Either way the request's datacontenttype is the fallback.
+    fn reply_content_type(&self, own: Option<HeaderValue>, request: Option<String>) -> ReplyContentType {
+        if self.fork && self.config.content_type.is_some() {
+            return ReplyContentType::Configured;
+        }
+        match own {
+            Some(own) if !self.fork && own.to_str().is_ok_and(|t| !t.is_empty()) => ReplyContentType::Function(own),
+            _ => request.map_or(ReplyContentType::None, ReplyContentType::Request),
         }
     }
 
@@ -539,7 +560,7 @@ mod tests {
     }
 
     fn facts(rules: &ReplyRules, datacontenttype: Option<&str>, spec_version: &'static str) -> RequestFacts {
-        let reply_type = rules.config.ce_reply_type.is_none().then(|| "com.example.order.reply".to_string());
+        let reply_type = rules.config.ce_reply_type.clone().unwrap_or_else(|| "com.example.order.reply".into());
         RequestFacts { reply_type, spec_version, datacontenttype: datacontenttype.map(String::from) }
     }
 
