@@ -61,6 +61,28 @@ async fn echoes_through_a_worker() {
     server.stop().await;
 }
 
+/// The request's header map holds the response's headers (hyper then reuses it for the connection's next
+/// request): none of the request's may be left in it, whichever of the two had more.
+#[tokio::test]
+async fn a_response_has_the_workers_headers_and_none_of_the_requests() {
+    let server = start(&[]).await;
+    // One connection, so each request's map is the one the answer before it went out in.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    for extra in [0, 20, 1, 40, 0] {
+        let mut request = client.post(server.url("/echo")).header("content-type", "text/plain");
+        for i in 0..extra {
+            request = request.header(format!("x-request-only-{i}"), "yes");
+        }
+        let resp = request.body("hello").send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut names: Vec<&str> = resp.headers().keys().map(|name| name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "content-type", "date"], "after a request with {extra} more headers");
+        assert_eq!(resp.text().await.unwrap(), "hello");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_response_that_arrives_whole_has_a_content_length_and_a_streamed_one_is_chunked() {
     let server = start(&[]).await;

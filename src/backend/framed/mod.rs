@@ -135,6 +135,10 @@ struct Exchange {
     /// Room the response's header map keeps beyond the worker's headers: an event's reply gets its `ce-`
     /// headers added, and a map that grows is allocated and filled twice.
     header_room: usize,
+    /// The request's header map, emptied, to hold the response's headers. hyper hands a response's map back as
+    /// the connection's next request's, so passing the same one round saves allocating two maps per request,
+    /// and the growing of the request's when it has more headers than the last response had.
+    headers: HeaderMap,
 }
 
 impl Exchange {
@@ -146,12 +150,15 @@ impl Exchange {
         let (id, shared) = conn.open(invocation.envelope);
         let guard = CancelOnDrop { conn: Arc::clone(&conn), id, armed: true };
         let pump = Box::pin(pump_body(Arc::clone(&conn), id, Arc::clone(&shared), invocation.body, invocation.limits));
-        Exchange { lease, conn, id, shared, guard, pump, deadline, timeout, header_room }
+        let mut headers = invocation.head.headers;
+        headers.clear();
+        Exchange { lease, conn, id, shared, guard, pump, deadline, timeout, header_room, headers }
     }
 
     /// Waits for the response head and returns the response, its body still streaming.
     async fn run(self) -> Result<Response<ResponseBody>, InvokeError> {
-        let Exchange { lease, conn, id, shared, mut guard, mut pump, deadline, timeout, header_room } = self;
+        let Exchange { lease, conn, id, shared, mut guard, mut pump, deadline, timeout, header_room, mut headers } =
+            self;
         // The body is pumped from this task while the head is awaited: a small body is sent without a task of
         // its own and the hops between tasks that would cost. Whatever is left once the head arrives (a worker
         // that answers before reading everything) goes on in a task, beside the response.
@@ -199,7 +206,7 @@ impl Exchange {
             code => StatusCode::from_u16(code as u16)
                 .map_err(|_| InvokeError::WorkerFailed(format!("invalid status code {code}")))?,
         };
-        let mut headers = http::HeaderMap::with_capacity(head.headers.len() + header_room);
+        headers.reserve(head.headers.len() + header_room);
         for header in head.headers {
             // The values are slices of the frame's buffer: taken as they are, without a copy.
             if let (Ok(name), Ok(value)) =
