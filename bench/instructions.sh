@@ -4,7 +4,8 @@
 # process running natively. Unlike requests/s on a shared VM, the counts repeat to within a fraction of a
 # percent, so they show small changes to either side's user-space work (the kernel's part is not counted).
 # See bench/README.md.
-# Knobs: DURATION (seconds of wrk load per case, 5), CASES ("plain ce"), BODY (13B or 1MiB), KEEP_TMP.
+# Knobs: DURATION (seconds of wrk load per case, 5), CASES ("plain ce"; "hdr" sends plain requests with the events'
+# headers renamed), BODY (13B or 1MiB), KEEP_TMP.
 set -euo pipefail
 export LC_ALL=C
 
@@ -46,6 +47,7 @@ for who in watchdog worker; do
 for case in "${CASES[@]}"; do
     script=$ROOT/bench/post.lua
     [[ $case == ce ]] && script=$ROOT/bench/post-ce.lua
+    [[ $case == hdr ]] && script=$ROOT/bench/post-hdr.lua
     run=$who.$case
     mkdir -p "$WORK/tmp-$run"
     callgrind=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.$run")
@@ -86,8 +88,14 @@ for case in "${CASES[@]}"; do
 done
 done
 for who in watchdog worker; do
-    p=${PER_REQUEST[$who.plain]:-} c=${PER_REQUEST[$who.ce]:-}
-    [[ -n $p && -n $c ]] || continue
-    awk -v who="$who" -v p="$p" -v c="$c" \
-        'BEGIN { printf "%s: an event costs %.2f times a plain request (%d more instructions)\n", who, c / p, c - p }'
+    p=${PER_REQUEST[$who.plain]:-}
+    [[ -n $p ]] || continue
+    for case in hdr ce; do
+        c=${PER_REQUEST[$who.$case]:-}
+        [[ -n $c ]] || continue
+        what="an event"
+        [[ $case == hdr ]] && what="a request with the events' headers"
+        awk -v who="$who" -v what="$what" -v p="$p" -v c="$c" \
+            'BEGIN { printf "%s: %s costs %.2f times a plain request (%d more instructions)\n", who, what, c / p, c - p }'
+    done
 done

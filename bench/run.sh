@@ -14,8 +14,9 @@ KEEP_TMP=${KEEP_TMP:-0}        # 1: keep the temp dir (logs, wrk output)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 BIN=$ROOT/target/release
-# shellcheck disable=SC2206 # CASES="classic http-rust" picks cases; classic-ce and http-rust-ce send CloudEvents
-CASES=(${CASES:-classic fork-server classic-ce streaming http-rust framed-echo http-rust-ce framed-echo-ce http-python http-proxy})
+# shellcheck disable=SC2206 # CASES="classic http-rust" picks cases; classic-ce and http-rust-ce send CloudEvents,
+# http-rust-hdr plain requests with the events' headers renamed
+CASES=(${CASES:-classic fork-server classic-ce streaming http-rust framed-echo http-rust-ce http-rust-hdr framed-echo-ce http-python http-proxy})
 # shellcheck disable=SC2206 # BODIES="13B" measures only the small body
 BODIES=(${BODIES:-13B 1MiB})
 CLK_TCK=$(getconf CLK_TCK)
@@ -229,7 +230,8 @@ run() {
     stop_server
 }
 
-# measure CASE BODY [KEY]: one wrk run against the server running (a `-ce` case sends binary-mode CloudEvents);
+# measure CASE BODY [KEY]: one wrk run against the server running (a `-ce` case sends binary-mode CloudEvents, a
+# `-hdr` case plain requests with the same headers renamed `x-`);
 # records its figures under KEY (else CASE) and sets LAST_RPS
 measure() {
     local case=$1 body=$2 key=${3:-$1} out c0 c1
@@ -237,6 +239,7 @@ measure() {
     out=$WORK/wrk-$RUN_N-$case-$body.txt
     local script=$BENCH/post.lua
     [[ $case == *-ce ]] && script=$BENCH/post-ce.lua
+    [[ $case == *-hdr ]] && script=$BENCH/post-hdr.lua
     c0=$(cpu_ticks "$SRV_PID")
     BODY_FILE=$WORK/body-$body wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" \
         --latency -s "$script" "http://127.0.0.1:$SRV_PORT/" >"$out" 2>&1 ||
@@ -308,7 +311,7 @@ for body in "${BODIES[@]}"; do
     before=$LAST_RPS
     for ((r = 1; r <= ROUNDS; r++)); do
         for case in "${CASES[@]}"; do
-            [[ $case == *-ce ]] && continue # measured below, beside plain requests on the same server
+            [[ $case == *-ce || $case == *-hdr ]] && continue # measured below, beside plain requests on one server
             # A fork mode with the small body is also held against the spawn floor, measured right before and
             # right after it: the floor drifts with the machine as much as the echo baseline does.
             fork=0
@@ -336,8 +339,8 @@ done
 declare -A R_EVENT_RATIO
 for body in "${BODIES[@]}"; do
     for case in "${CASES[@]}"; do
-        [[ $case == *-ce ]] || continue
-        plain=${case%-ce}
+        [[ $case == *-ce || $case == *-hdr ]] || continue
+        plain=${case%-*}
         log "events: $case against $plain on one server, body $body"
         start_server "$plain"
         check_echo "$plain"
@@ -386,8 +389,8 @@ for body in "${BODIES[@]}"; do
     for case in baseline "${CASES[@]}"; do
         k="$case|$body"
         ratio=1.000
-        if [[ $case == *-ce ]]; then
-            ratio=- # events are held against plain requests, below
+        if [[ $case == *-ce || $case == *-hdr ]]; then
+            ratio=- # held against plain requests, below
         elif [[ $case != baseline ]]; then
             ratio=$(calc "$(med R_RATIO "$k")" 3)
         fi
@@ -399,7 +402,7 @@ done
 echo
 printf '%-10s %12s %12s\n' case 'idle RSS MiB' 'startup ms'
 for case in baseline "${CASES[@]}"; do
-    [[ $case == *-ce ]] && continue # the plain case's server
+    [[ $case == *-ce || $case == *-hdr ]] && continue # the plain case's server
     printf '%-10s %12.1f %12.1f\n' "$case" "$(calc "$(med R_IDLE "$case") / 1024" 2)" "$(med R_STARTUP "$case")"
 done
 echo
@@ -412,10 +415,10 @@ if ((${#floors[@]})); then
     done
 fi
 for case in "${CASES[@]}"; do
-    [[ $case == *-ce ]] || continue
+    [[ $case == *-ce || $case == *-hdr ]] || continue
     for body in "${BODIES[@]}"; do
         [[ -n ${R_EVENT_RATIO["$case|$body"]:-} ]] || continue
-        echo "events / plain requests, $case $body = $(calc "$(med R_EVENT_RATIO "$case|$body")" 3)" \
+        echo "$([[ $case == *-ce ]] && echo events || echo 'with headers') / plain requests, $case $body = $(calc "$(med R_EVENT_RATIO "$case|$body")" 3)" \
             "(median over rounds; per round: $(echo ${R_EVENT_RATIO["$case|$body"]}))"
     done
 done
@@ -470,12 +473,15 @@ for body in "${BODIES[@]}"; do
         target "$case $body: p99 / baseline's p99" "$(calc "$(med R_P99 "$case|$body") / $base_p99" 2)" "<=" 2
     done
 done
-for case in classic-ce http-rust-ce framed-echo-ce; do
+for case in classic-ce http-rust-ce http-rust-hdr framed-echo-ce; do
     for body in "${BODIES[@]}"; do
         [[ -n ${R_EVENT_RATIO["$case|$body"]:-} ]] || continue
         ratio=$(calc "$(med R_EVENT_RATIO "$case|$body")" 3)
         if [[ $case == framed-echo-ce ]]; then
             printf '  %-44s %9s  (a reference for http-rust-ce: hyper alone, no target)\n' "$case / ${case%-ce} $body" "$ratio"
+        elif [[ $case == http-rust-hdr ]]; then
+            printf '  %-44s %9s  (a reference for http-rust-ce: the headers without an event, no target)\n' \
+                "$case / ${case%-hdr} $body" "$ratio"
         else
             target "$case / ${case%-ce} $body" "$ratio" ">=" 0.90
         fi
@@ -485,5 +491,5 @@ echo "non-2xx responses: $TOTAL_NON2XX, socket errors: $TOTAL_SOCKERR, unexpecte
 echo "(rps, p50, p99, cpu: medians over runs; ratio: median over rounds of case rps / mean of the"
 echo " baseline runs before and after; peak: max VmHWM; cpu: the server's own utime+stime per request;"
 echo " startup: launch to first 200 on GET /_/health (baseline: GET /); idle RSS: VmRSS once ready;"
-echo " events / plain requests: median over rounds of an event run's rps / mean of the plain runs either side"
-echo " of it, all on one server)"
+echo " events (or with headers) / plain requests: median over rounds of an event (or -hdr) run's rps / mean of"
+echo " the plain runs either side of it, all on one server)"
