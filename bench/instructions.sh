@@ -45,9 +45,9 @@ declare -A PER_REQUEST
 # One run per case and process: the one counted runs under valgrind, the other natively.
 for who in watchdog worker; do
 for case in "${CASES[@]}"; do
-    script=$ROOT/bench/post.lua
-    [[ $case == ce ]] && script=$ROOT/bench/post-ce.lua
-    [[ $case == hdr ]] && script=$ROOT/bench/post-hdr.lua
+    prefix=
+    [[ $case == ce ]] && prefix=ce-
+    [[ $case == hdr ]] && prefix=x-
     run=$who.$case
     mkdir -p "$WORK/tmp-$run"
     callgrind=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.$run")
@@ -63,7 +63,8 @@ for case in "${CASES[@]}"; do
         curl -sf "http://127.0.0.1:$port/_/ready" >/dev/null 2>&1 && break
         sleep 0.1
     done
-    BODY_FILE=$WORK/body wrk -t2 -c32 -d"${DURATION}s" -s "$script" "http://127.0.0.1:$port/" >"$WORK/wrk.$run"
+    HEADER_PREFIX=$prefix BODY_FILE=$WORK/body wrk -t2 -c32 -d"${DURATION}s" -s "$ROOT/bench/post.lua" \
+        "http://127.0.0.1:$port/" >"$WORK/wrk.$run"
     kill -TERM "$SERVER"
     wait "$SERVER" 2>/dev/null || true
     SERVER=

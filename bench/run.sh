@@ -237,12 +237,12 @@ measure() {
     local case=$1 body=$2 key=${3:-$1} out c0 c1
     RUN_N=$((RUN_N + 1))
     out=$WORK/wrk-$RUN_N-$case-$body.txt
-    local script=$BENCH/post.lua
-    [[ $case == *-ce ]] && script=$BENCH/post-ce.lua
-    [[ $case == *-hdr ]] && script=$BENCH/post-hdr.lua
+    local prefix=
+    [[ $case == *-ce ]] && prefix=ce-
+    [[ $case == *-hdr ]] && prefix=x-
     c0=$(cpu_ticks "$SRV_PID")
-    BODY_FILE=$WORK/body-$body wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" \
-        --latency -s "$script" "http://127.0.0.1:$SRV_PORT/" >"$out" 2>&1 ||
+    HEADER_PREFIX=$prefix BODY_FILE=$WORK/body-$body wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" \
+        --latency -s "$BENCH/post.lua" "http://127.0.0.1:$SRV_PORT/" >"$out" 2>&1 ||
         die "wrk failed: $(cat "$out")"
     c1=$(cpu_ticks "$SRV_PID")
     local hwm
