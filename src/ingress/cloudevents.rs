@@ -374,8 +374,13 @@ impl RequestFacts {
 impl ReplyRules {
     /// The rules for `backend` under `config`.
     pub fn new(config: Arc<Config>, backend: &Backend) -> ReplyRules {
+        ReplyRules::for_function(config, matches!(backend, Backend::Fork(_)))
+    }
+
+    /// The rules for a forked function (`fork`) or a worker's.
+    fn for_function(config: Arc<Config>, fork: bool) -> ReplyRules {
         let default_headers = DefaultHeaders::of(&config);
-        ReplyRules { config, fork: matches!(backend, Backend::Fork(_)), default_headers }
+        ReplyRules { config, fork, default_headers }
     }
 
     /// [`Self::reply_from`] answered in binary mode. A reply that is made of defaults only (the function sent
@@ -554,9 +559,7 @@ mod tests {
 
     fn rules(pairs: &[(&str, &str)], fork: bool) -> ReplyRules {
         let pairs = [("fprocess", "cat")].into_iter().chain(pairs.iter().copied());
-        let config = Arc::new(Config::from_pairs(pairs).expect("valid config"));
-        let default_headers = DefaultHeaders::of(&config);
-        ReplyRules { config, fork, default_headers }
+        ReplyRules::for_function(Arc::new(Config::from_pairs(pairs).expect("valid config")), fork)
     }
 
     fn facts(rules: &ReplyRules, datacontenttype: Option<&str>, spec_version: &'static str) -> RequestFacts {
